@@ -1,0 +1,28 @@
+# Each target creates .venv on first use, so `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: install test demo bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+test: install
+	cd tests && ../$(PY) -m pytest -n 2 -q
+
+demo: install
+	$(VENV)/bin/scoreops demo --out runs/demo
+
+bench: install
+	$(VENV)/bin/scoreops bench --out benchmarks/results
+
+clean:
+	rm -rf build dist *.egg-info runs

@@ -1,0 +1,318 @@
+"""Fused step ops and backend dispatch: the one place in scoreops that knows about backends.
+
+Backends:
+    ``torch``   plain torch (:mod:`scoreops.torch_ops`), the reference; runs everywhere.
+    ``cpu``     C++ kernels of ``scoreops._C`` (at::parallel_for, vectorised noise).
+    ``cuda``    CUDA kernels of ``scoreops._C`` (current stream, CUDA-graph safe).
+    ``triton``  Triton kernels of ``scoreops.kernels``; on CPU tensors only under ``TRITON_INTERPRET=1``.
+    ``auto``    the fastest built backend for the tensor's device: cuda > triton > torch on a GPU,
+                cpu > torch on the CPU (interpreted Triton is never picked).
+
+All ops use the noise stream of :mod:`scoreops.noise`, so the same ``seed``/``step``/``lane``
+give the same noise on every backend. ``seed`` and ``step`` may be Python ints or 1-element
+int64 tensors on the data's device; tensors let a captured CUDA graph draw new noise per replay.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Sequence
+
+import torch
+
+from . import torch_ops
+
+BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- backend discovery
+@functools.lru_cache(maxsize=None)
+def _load_cpp() -> str | None:
+    """Import scoreops._C; returns None when loaded, else the reason it is missing."""
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.scoreops.*)
+        from . import _fake  # noqa: F401
+    except ImportError as e:  # a CPU-only source checkout or a failed build
+        return str(e)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _load_triton() -> str | None:
+    try:
+        from . import kernels  # noqa: F401  (registers torch.ops.scoreops.triton_*)
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def triton_interpreted() -> bool:
+    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The concrete backends that can run on ``device``, fastest first."""
+    device = torch.device(device)
+    found = []
+    if device.type == "cuda":
+        if _load_cpp() is None and torch.ops.scoreops.built_with_cuda():
+            found.append("cuda")
+        if _load_triton() is None:
+            found.append("triton")
+    elif device.type == "cpu":
+        if _load_cpp() is None:
+            found.append("cpu")
+        if triton_interpreted() and _load_triton() is None:
+            found.append("triton")
+    found.append("torch")
+    return found
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """Map ``backend`` (possibly ``"auto"``) to a concrete backend for ``device``, or raise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    found = available_backends(device)
+    if backend == "auto":
+        # Interpreted Triton is a test vehicle, never the fast choice on the CPU.
+        return next(b for b in found if not (b == "triton" and device.type == "cpu"))
+    if backend not in found:
+        why = {
+            "cpu": f"scoreops._C is not built ({_load_cpp()})" if _load_cpp() else "it runs on CPU tensors only",
+            "cuda": "scoreops._C was built without CUDA kernels" if device.type == "cuda" else "it runs on CUDA tensors only",
+            "triton": (f"triton is not importable ({_load_triton()})" if _load_triton() else
+                       "on CPU tensors it needs TRITON_INTERPRET=1 set before scoreops is imported"),
+        }[backend]
+        raise RuntimeError(f"backend={backend!r} is not available for device {device}: {why}; "
+                           f"available: {found}")
+    return backend
+
+
+def op(name: str, backend: str):
+    """The raw implementation of op ``name`` for a concrete backend (no input checks)."""
+    if backend == "torch":
+        return getattr(torch_ops, name)
+    if backend in ("cpu", "cuda"):
+        return getattr(torch.ops.scoreops, name)
+    if backend == "triton":
+        return getattr(torch.ops.scoreops, "triton_" + name)
+    raise ValueError(f"no concrete backend {backend!r}")
+
+
+# --------------------------------------------------------------------------- input checks
+def check_float(name: str, t, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Check that ``t`` is a floating tensor (fp32/fp16/bf16) matching ``like``'s shape/device/dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
+        if t.shape != like.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(like.shape)}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {like.dtype}")
+    return t
+
+
+def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
+    """A step coefficient as a float32 tensor on x's device, of numel 1, B or numel(x)."""
+    if isinstance(v, torch.Tensor):
+        if v.dtype.is_complex or not v.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a real floating tensor or a float, got {v.dtype}")
+        if v.device != x.device:
+            raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
+        if v.numel() not in (1, x.shape[0], x.numel()):
+            raise ValueError(f"{name} must have 1, B={x.shape[0]} or numel(x)={x.numel()} elements, "
+                             f"got shape {tuple(v.shape)}")
+        if v.numel() == x.numel() and v.numel() != 1 and v.shape != x.shape and v.numel() != x.shape[0]:
+            raise ValueError(f"per-element {name} must have x's shape {tuple(x.shape)}, got {tuple(v.shape)}")
+        return v.to(torch.float32).contiguous()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    return torch.full((1,), float(v), dtype=torch.float32, device=x.device)
+
+
+def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
+    """``seed``/``step`` as a 1-element int64 tensor on ``device``."""
+    if isinstance(v, torch.Tensor):
+        if v.dtype != torch.int64 or v.numel() != 1:
+            raise TypeError(f"{name} must be an int or a 1-element int64 tensor, got {v.dtype} of shape {tuple(v.shape)}")
+        if v.device != device:
+            raise ValueError(f"{name} is on {v.device} but the data is on {device}")
+        return v.reshape(1)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int or a 1-element int64 tensor, got {type(v).__name__}")
+    v &= (1 << 64) - 1
+    return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v], dtype=torch.int64, device=device)
+
+
+def _check_x(x) -> torch.Tensor:
+    check_float("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have a leading batch dimension, got a 0-d tensor")
+    return x
+
+
+# --------------------------------------------------------------------------- public ops
+def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, lane: int = 0,
+             sample_offset: int = 0, add_noise: bool = True, inplace: bool = False,
+             backend: str = "auto") -> torch.Tensor:
+    """One fused SDE update ``x + a*score + b*z + c*(z*z - 1)``, z ~ N(0, I) from the stream.
+
+    EM is ``a = g**2 dt, b = g sqrt(dt), c = 0``; Milstein adds ``c = g g' dt / 2``; the VE
+    reverse-diffusion predictor is ``a = G**2, b = G``; the Langevin corrector is
+    ``a = eps, b = sqrt(2 eps)``.
+
+    Args:
+        x: (B, ...) state, float32/float16/bfloat16; arithmetic is float32.
+        score: score (or drift) of x's shape, dtype and device.
+        a, b, c: floats, or float tensors of 1, B (per sample) or numel(x) (per element) values.
+        seed, step: noise-stream key and step counter (int or 1-element int64 tensor).
+        lane: stream lane (0 predictor, 1 + r for the r-th corrector step).
+        sample_offset: global index of sample 0 (for sharded sampling).
+        add_noise: False returns the mean ``x + a*score`` (the last step of a sampler).
+        inplace: write the result into x and return x.
+        backend: see the module docstring.
+    Returns:
+        The new state, x's shape and dtype (x itself when inplace).
+    """
+    _check_x(x)
+    check_float("score", score, like=x)
+    a, b, c = as_coef("a", a, x), as_coef("b", b, x), as_coef("c", c, x)
+    seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
+    if x.numel() == 0:
+        return x if inplace else x.clone()
+    impl = resolve_backend(backend, x.device)
+    if inplace:
+        if impl == "torch":
+            return x.copy_(torch_ops.sde_step(x, score, a, b, c, seed, step, lane, sample_offset, add_noise))
+        op(name="sde_step_", backend=impl)(x, score, a, b, c, seed, step, lane, sample_offset, add_noise)
+        return x
+    return op("sde_step", impl)(x, score, a, b, c, seed, step, lane, sample_offset, add_noise)
+
+
+def sample_sq_norms(score: torch.Tensor, *, seed=0, step=0, lane: int = 0, sample_offset: int = 0,
+                    with_noise: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Per-sample squared L2 norms in one reduction pass: float32 (B, 2).
+
+    Column 0 is ``sum(score_i**2)``; column 1 is ``sum(z_i**2)`` of the stream noise at
+    (seed, step, lane) when ``with_noise`` (the same z an :func:`sde_step` with those
+    arguments draws), else 0.
+    """
+    check_float("score", score)
+    if score.dim() < 1:
+        raise ValueError("score must have a leading batch dimension")
+    seed, step = as_counter("seed", seed, score.device), as_counter("step", step, score.device)
+    impl = resolve_backend(backend, score.device)
+    return op("sample_sq_norms", impl)(score, seed, step, lane, sample_offset, with_noise)
+
+
+NOISE_NORMS = ("fixed", "sampled")
+
+
+def langevin_step_size(norms: torch.Tensor, snr: float, numel: int, noise_norm: str,
+                       per_sample: bool) -> torch.Tensor:
+    """Langevin step ``eps = 2 (snr * noise_norm / grad_norm)**2`` from :func:`sample_sq_norms`.
+
+    ``grad_norm`` is the batch mean of per-sample score norms (tutorial), or each sample's own
+    norm when ``per_sample``; ``noise_norm`` is ``sqrt(numel)`` (``"fixed"``) or the same
+    statistic of the sampled z (``"sampled"``). Returns float32 (1,) or (B,).
+    """
+    norms = norms.sqrt()
+    grad_norm, z_norm = norms[:, 0], norms[:, 1]
+    if not per_sample:
+        grad_norm, z_norm = grad_norm.mean().reshape(1), z_norm.mean().reshape(1)
+    nn = z_norm if noise_norm == "sampled" else math.sqrt(numel)
+    return 2.0 * (snr * nn / grad_norm) ** 2
+
+
+def langevin_correct(x: torch.Tensor, score: torch.Tensor, snr: float, *, seed, step, lane: int = 1,
+                     sample_offset: int = 0, noise_norm: str = "fixed", per_sample: bool = False,
+                     inplace: bool = False, backend: str = "auto") -> torch.Tensor:
+    """One Langevin corrector step ``x + eps*score + sqrt(2 eps) z`` as two fused passes.
+
+    A reduction pass takes the per-sample norms of ``score`` (and of z for
+    ``noise_norm="sampled"``); the update pass makes the same z again from the stream rather
+    than storing it. See :func:`langevin_step_size` for ``eps``.
+
+    Args:
+        x, score: (B, ...) state and its score, same shape/dtype/device.
+        snr: signal-to-noise ratio, > 0 (tutorial: 0.16).
+        noise_norm: ``"fixed"`` (sqrt(d), tutorial) or ``"sampled"`` (score_sde / diffusers).
+        per_sample: use each sample's own norms, so that it does not depend on its batch.
+        Others as :func:`sde_step`; ``lane`` defaults to the first corrector lane.
+    """
+    _check_x(x)
+    check_float("score", score, like=x)
+    if noise_norm not in NOISE_NORMS:
+        raise ValueError(f"noise_norm must be one of {NOISE_NORMS}, got {noise_norm!r}")
+    if not (isinstance(snr, (int, float)) and snr > 0 and math.isfinite(snr)):
+        raise ValueError(f"snr must be a positive finite float, got {snr!r}")
+    if x.numel() == 0:
+        return x if inplace else x.clone()
+    impl = resolve_backend(backend, x.device)
+    seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
+    norms = op("sample_sq_norms", impl)(score, seed, step, lane, sample_offset, noise_norm == "sampled")
+    eps = langevin_step_size(norms, snr, x.numel() // x.shape[0], noise_norm, per_sample)
+    zero = torch.zeros(1, dtype=torch.float32, device=x.device)
+    return sde_step(x, score, eps, (2.0 * eps).sqrt(), zero, seed=seed, step=step, lane=lane,
+                    sample_offset=sample_offset, inplace=inplace, backend=impl)
+
+
+def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
+                  device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
+    """Standard normals of the stream: float32 (batch, numel) for samples ``sample_offset + i``."""
+    device = torch.device(device)
+    _check_sizes(batch, numel)
+    seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
+    return op("philox_normal", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
+
+
+def philox_bits(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
+                device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
+    """The stream's raw uint32 words bit-cast to int32: (batch, 4 * ceil(numel / 4))."""
+    device = torch.device(device)
+    _check_sizes(batch, numel)
+    seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
+    return op("philox_bits", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
+
+
+def _check_sizes(batch, numel):
+    for name, v in (("batch", batch), ("numel", numel)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+
+def _check_stages(y, ks, coeffs, name):
+    check_float("y", y)
+    if len(ks) != len(coeffs) or not ks:
+        raise ValueError(f"need one {name} coefficient per stage: {len(ks)} stages, {len(coeffs)} coefficients")
+    for j, k in enumerate(ks):
+        check_float(f"ks[{j}]", k, like=y)
+
+
+def rk_combine(y: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[float], h: float,
+               *, backend: str = "auto") -> torch.Tensor:
+    """Runge-Kutta stage combination ``y + h * sum_j coeffs[j] * ks[j]`` in one pass."""
+    _check_stages(y, ks, coeffs, "stage")
+    impl = resolve_backend(backend, y.device)
+    return op("rk_combine", impl)(y, list(ks), [float(c) for c in coeffs], float(h))
+
+
+def rk_error_norm(y: torch.Tensor, y_new: torch.Tensor, ks: Sequence[torch.Tensor], e: Sequence[float],
+                  h: float, atol: float, rtol: float, *, backend: str = "auto") -> torch.Tensor:
+    """scipy's RK45 error norm ``rms(h * sum_j e[j] k_j / (atol + rtol * max(|y|, |y_new|)))``.
+
+    One fused reduction pass; returns a float32 0-d tensor on y's device.
+    """
+    _check_stages(y, ks, e, "error")
+    check_float("y_new", y_new, like=y)
+    impl = resolve_backend(backend, y.device)
+    sq = op("rk_error_sq", impl)(y, y_new, list(ks), [float(c) for c in e], float(h), float(atol), float(rtol))
+    return (sq / max(y.numel(), 1)).sqrt()

@@ -1,0 +1,93 @@
+"""The torch backend: every scoreops op in plain torch, same maths and same noise stream.
+
+These functions are the reference the CPU, CUDA and Triton kernels are tested against, and the
+fallback where no kernel is built. They take the same arguments as the registered ops
+(see ``docs/kernels.md``), with ``seed``/``step`` given as 1-element int64 tensors.
+Arithmetic is float32; the result has the dtype of ``x``.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import noise
+
+
+def _int(t: torch.Tensor) -> int:
+    return int(t.reshape(-1)[0].item())
+
+
+def _per_sample_view(coef: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
+    """Broadcast a coefficient of numel 1, B or numel(x) against x viewed as (B, D)."""
+    b, d = x2d.shape
+    coef = coef.to(torch.float32)
+    if coef.numel() == 1:
+        return coef.reshape(1, 1)
+    if coef.numel() == b:
+        return coef.reshape(b, 1)
+    return coef.reshape(b, d)
+
+
+def philox_bits(seed, step, lane: int, sample_offset: int, batch: int, numel: int) -> torch.Tensor:
+    """int32 tensor (batch, 4*ceil(numel/4)): the stream's uint32 words, bit-cast to int32."""
+    w = noise.philox_words(_int(seed), _int(step), lane, batch, numel, sample_offset, seed.device)
+    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+
+
+def philox_normal(seed, step, lane: int, sample_offset: int, batch: int, numel: int) -> torch.Tensor:
+    """float32 tensor (batch, numel) of standard normals from the stream."""
+    return noise.philox_normal(_int(seed), _int(step), lane, batch, numel, sample_offset, seed.device)
+
+
+def stream_noise_like(x: torch.Tensor, seed, step, lane: int, sample_offset: int) -> torch.Tensor:
+    """The stream's normals for a batch shaped like x, as float32 (B, D)."""
+    b = x.shape[0]
+    return philox_normal(seed, step, lane, sample_offset, b, x.numel() // b)
+
+
+def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+    """``x + a*s + b*z + c*(z*z - 1)``, z from the stream; ``x + a*s`` when not add_noise."""
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    x2 = x.reshape(x.shape[0], -1).to(torch.float32)
+    s2 = s.reshape(x2.shape).to(torch.float32)
+    out = x2 + _per_sample_view(a, x2) * s2
+    if add_noise:
+        z = stream_noise_like(x, seed, step, lane, sample_offset)
+        out = out + _per_sample_view(b, x2) * z + _per_sample_view(c, x2) * (z * z - 1.0)
+    return out.reshape(x.shape).to(x.dtype)
+
+
+def sample_sq_norms(s, seed, step, lane: int, sample_offset: int, with_noise: bool) -> torch.Tensor:
+    """float32 (B, 2): per-sample sum of s**2, and of z**2 (zeros unless with_noise)."""
+    b = s.shape[0]
+    s2 = s.reshape(b, -1).to(torch.float32)
+    out = torch.zeros(b, 2, dtype=torch.float32, device=s.device)
+    if s.numel() == 0:
+        return out
+    out[:, 0] = (s2 * s2).sum(dim=1)
+    if with_noise:
+        z = stream_noise_like(s, seed, step, lane, sample_offset)
+        out[:, 1] = (z * z).sum(dim=1)
+    return out
+
+
+def rk_combine(y, ks, coeffs, h: float) -> torch.Tensor:
+    """``y + h * sum_j coeffs[j] * ks[j]`` in float32, result in y's dtype."""
+    acc = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+    for k, cj in zip(ks, coeffs):
+        if cj != 0.0:
+            acc = acc + cj * k.to(torch.float32)
+    return (y.to(torch.float32) + h * acc).to(y.dtype)
+
+
+def rk_error_sq(y, y_new, ks, e, h: float, atol: float, rtol: float) -> torch.Tensor:
+    """float32 scalar: ``sum((h * sum_j e[j] k_j) / (atol + rtol * max(|y|, |y_new|)))**2``.
+
+    scipy's RK45 error norm is ``sqrt(rk_error_sq / n)``.
+    """
+    err = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+    for k, ej in zip(ks, e):
+        if ej != 0.0:
+            err = err + ej * k.to(torch.float32)
+    scale = atol + rtol * torch.maximum(y.to(torch.float32).abs(), y_new.to(torch.float32).abs())
+    return ((h * err / scale) ** 2).sum()
