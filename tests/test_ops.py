@@ -1,0 +1,236 @@
+"""Every fused op on every backend against the plain-torch reference, on fresh random inputs of
+odd sizes, dtypes and strides; torch.library.opcheck; torch.compile; and bad input."""
+import math
+
+import pytest
+import torch
+from conftest import ALL_BACKENDS, KERNEL_BACKENDS, skip_unless_runnable
+
+from scoreops import ops, torch_ops
+
+SHAPES = [(1, 1), (5, 7), (1, 1000), (5, 4097), (5, 3, 32, 32), (2, 1, 28, 28)]
+# Tolerances for a float32 computation rounded to the output dtype: one output ulp, and for
+# float32 a few ulp of the noise transform (log/sin/cos differ by an ulp between libraries).
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5),
+       torch.float16: dict(rtol=2e-3, atol=1e-3),
+       torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
+
+
+def _coef(mode, shape, device):
+    if mode == "scalar":
+        return torch.rand(1, device=device)
+    if mode == "per_sample":
+        return torch.rand(shape[0], device=device)
+    return torch.rand(shape, device=device)
+
+
+def _reference_sde_step(x, s, a, b, c, seed, step, lane, offset, add_noise):
+    """The update written out from its formula, with z from the reference stream."""
+    bsz = x.shape[0]
+    x2, s2 = x.float().reshape(bsz, -1).cpu(), s.float().reshape(bsz, -1).cpu()
+
+    def bc(v):
+        v = v.float().cpu()
+        return v.reshape(1, 1) if v.numel() == 1 else v.reshape(bsz, -1)
+
+    out = x2 + bc(a) * s2
+    if add_noise:
+        z = ops.philox_normal(bsz, x2.shape[1], seed=seed, step=step, lane=lane, sample_offset=offset,
+                              backend="torch")
+        out = out + bc(b) * z + bc(c) * (z * z - 1)
+    return out.reshape(x.shape).to(x.dtype)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("coef_mode", ["scalar", "per_sample", "per_element"])
+def test_sde_step_matches_reference(backend, device, shape, dtype, coef_mode, seed):
+    skip_unless_runnable(backend, device)
+    x = torch.randn(shape, device=device).to(dtype)
+    s = torch.randn(shape, device=device).to(dtype)
+    a, b, c = (_coef(coef_mode, shape, device) for _ in range(3))
+    step, lane, offset = int(torch.randint(0, 1000, ())), int(torch.randint(0, 3, ())), 3
+    for add_noise in (True, False):
+        got = ops.sde_step(x, s, a, b, c, seed=seed, step=step, lane=lane, sample_offset=offset,
+                           add_noise=add_noise, backend=backend)
+        want = _reference_sde_step(x, s, a, b, c, seed, step, lane, offset, add_noise)
+        assert got.shape == x.shape and got.dtype == dtype and got.device == x.device
+        torch.testing.assert_close(got.cpu(), want, **TOL[dtype])
+    assert torch.equal(got.cpu(), torch_ops.sde_step(x.cpu(), s.cpu(), a.cpu(), b.cpu(), c.cpu(),
+                                                     ops.as_counter("seed", seed, torch.device("cpu")),
+                                                     torch.tensor([step]), lane, offset, False))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_sde_step_on_non_contiguous_views_and_in_place(backend, device, seed):
+    skip_unless_runnable(backend, device)
+    base = torch.randn(6, 3, 17, 19, device=device)
+    x = base[::2].transpose(2, 3)  # strided and permuted
+    s = torch.randn(19, 17, 3, 3, device=device).permute(3, 2, 0, 1)
+    assert not x.is_contiguous() and not s.is_contiguous()
+    a, b, c = torch.rand(3, device=device), 0.5, torch.rand(3, device=device)
+    want = _reference_sde_step(x, s, ops.as_coef("a", a, x), ops.as_coef("b", b, x), ops.as_coef("c", c, x),
+                               seed, 4, 0, 0, True)
+    got = ops.sde_step(x, s, a, b, c, seed=seed, step=4, backend=backend)
+    torch.testing.assert_close(got.cpu(), want, **TOL[torch.float32])
+    before = base.clone()
+    returned = ops.sde_step(x, s, a, b, c, seed=seed, step=4, inplace=True, backend=backend)
+    assert returned is x
+    torch.testing.assert_close(x.cpu(), want, **TOL[torch.float32])
+    torch.testing.assert_close(base[1::2], before[1::2], rtol=0, atol=0)  # untouched rows stay
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (5, 4097), (5, 3, 32, 32)], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda v: str(v).replace("torch.", ""))
+def test_sample_sq_norms_match_reference(backend, device, shape, dtype, seed):
+    skip_unless_runnable(backend, device)
+    s = (3 * torch.randn(shape, device=device)).to(dtype)
+    for with_noise in (False, True):
+        got = ops.sample_sq_norms(s, seed=seed, step=9, lane=2, with_noise=with_noise, backend=backend)
+        s2 = s.float().reshape(shape[0], -1).cpu().double()
+        z = ops.philox_normal(shape[0], s2.shape[1], seed=seed, step=9, lane=2, backend="torch").double()
+        want = torch.stack([(s2 * s2).sum(1), (z * z).sum(1) if with_noise else torch.zeros(shape[0])], 1)
+        assert got.shape == (shape[0], 2) and got.dtype == torch.float32
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("noise_norm", ["fixed", "sampled"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_langevin_correct_matches_the_tutorial_formula(backend, device, noise_norm, per_sample, seed):
+    skip_unless_runnable(backend, device)
+    x = torch.randn(5, 3, 9, 9, device=device)
+    s = torch.randn_like(x) * torch.rand(5, 1, 1, 1, device=device)
+    snr = 0.16
+    got = ops.langevin_correct(x, s, snr, seed=seed, step=7, lane=1, noise_norm=noise_norm,
+                               per_sample=per_sample, backend=backend)
+    xc, sc = x.cpu().double(), s.cpu().double()
+    z = ops.philox_normal(5, 243, seed=seed, step=7, lane=1, backend="torch").double().reshape(x.shape)
+    grad_norm = sc.reshape(5, -1).norm(dim=1)
+    z_norm = z.reshape(5, -1).norm(dim=1) if noise_norm == "sampled" else torch.full((5,), math.sqrt(243.0))
+    if not per_sample:
+        grad_norm, z_norm = grad_norm.mean().expand(5), z_norm.mean().expand(5)
+    eps = (2 * (snr * z_norm / grad_norm) ** 2).reshape(5, 1, 1, 1)
+    want = xc + eps * sc + torch.sqrt(2 * eps) * z
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 4097), (3, 3, 32, 32)], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda v: str(v).replace("torch.", ""))
+def test_rk_combine_and_error_norm_match_reference(backend, device, shape, dtype):
+    skip_unless_runnable(backend, device)
+    y = torch.randn(shape, device=device).to(dtype)
+    ks = [torch.randn(shape, device=device).to(dtype) for _ in range(7)]
+    coeffs = torch.randn(7).tolist()
+    coeffs[3] = 0.0  # Dormand-Prince rows have zeros; they must not change the result
+    h = 0.0173
+    got = ops.rk_combine(y, ks, coeffs, h, backend=backend)
+    want = y.cpu().double() + h * sum(cj * k.cpu().double() for cj, k in zip(coeffs, ks))
+    assert got.dtype == dtype and got.shape == y.shape
+    torch.testing.assert_close(got.cpu(), want.to(dtype), **TOL[dtype])
+
+    y_new = torch.randn(shape, device=device).to(dtype)
+    e = torch.randn(7).tolist()
+    atol, rtol = 1e-5, 1e-3
+    err = h * sum(ej * k.cpu().double() for ej, k in zip(e, ks))
+    scale = atol + rtol * torch.maximum(y.cpu().double().abs(), y_new.cpu().double().abs())
+    want_norm = torch.sqrt(((err / scale) ** 2).mean())
+    got_norm = ops.rk_error_norm(y, y_new, ks, e, h, atol, rtol, backend=backend)
+    assert got_norm.dim() == 0 and got_norm.dtype == torch.float32
+    torch.testing.assert_close(got_norm.cpu().double(), want_norm, rtol=1e-4, atol=0)
+
+
+def _op_cases(device):
+    x = torch.randn(3, 2, 5, 5, device=device)
+    s = torch.randn_like(x)
+    a, b, c = torch.rand(1, device=device), torch.rand(3, device=device), torch.rand(x.shape, device=device)
+    seed = torch.tensor([12345], device=device)
+    step = torch.tensor([3], device=device)
+    ks = [torch.randn_like(x) for _ in range(3)]
+    return {
+        "philox_bits": (seed, step, 0, 0, 3, 50),
+        "philox_normal": (seed, step, 1, 2, 3, 50),
+        "sde_step": (x, s, a, b, c, seed, step, 0, 0, True),
+        "sde_step_": (x.clone(), s, a, b, c, seed, step, 0, 0, True),
+        "sample_sq_norms": (s, seed, step, 1, 0, True),
+        "rk_combine": (x, ks, [0.5, 0.0, -1.25], 0.1),
+        "rk_error_sq": (x, s, ks, [0.1, 0.2, -0.3], 0.1, 1e-5, 1e-5),
+    }
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", list(_op_cases("cpu")))
+def test_opcheck(backend, device, name):
+    skip_unless_runnable(backend, device)
+    ops.resolve_backend(backend, device)  # loads the library that registers the op
+    packet = ops.op(name, backend)
+    torch.library.opcheck(packet.default, _op_cases(device)[name])
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_ops_under_torch_compile_fullgraph(backend, device, seed):
+    skip_unless_runnable(backend, device)
+    step_op = ops.op("sde_step", ops.resolve_backend(backend, device))
+    x = torch.randn(4, 37, device=device)
+    s = torch.randn_like(x)
+    a, b, c = (torch.rand(1, device=device) for _ in range(3))
+    seed_t, step_t = torch.tensor([seed], device=device), torch.tensor([2], device=device)
+
+    def two_steps(x, s):
+        y = step_op(x, s, a, b, c, seed_t, step_t, 0, 0, True)
+        return step_op(y, s, a, b, c, seed_t, step_t, 1, 0, False) * 2
+
+    compiled = torch.compile(two_steps, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, s), two_steps(x, s))
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_inputs_get_clear_errors():
+    x = torch.randn(4, 3)
+    s = torch.randn(4, 3)
+    call = dict(seed=1, step=0, backend="torch")
+    with pytest.raises(ValueError, match="score has shape"):
+        ops.sde_step(x, torch.randn(4, 2), 0.1, 0.1, **call)
+    with pytest.raises(TypeError, match="score has dtype"):
+        ops.sde_step(x, s.double().float().half(), 0.1, 0.1, **call)
+    with pytest.raises(TypeError, match="x must be float32"):
+        ops.sde_step(x.long(), s.long(), 0.1, 0.1, **call)
+    with pytest.raises(TypeError, match="x must be float32"):
+        ops.sde_step(x.to(torch.complex64), s, 0.1, 0.1, **call)
+    with pytest.raises(TypeError, match="x must be float32"):
+        ops.sde_step(x.double(), s.double(), 0.1, 0.1, **call)
+    with pytest.raises(ValueError, match="b must have 1, B=4"):
+        ops.sde_step(x, s, 0.1, torch.rand(5), **call)
+    with pytest.raises(TypeError, match="a must be a real floating"):
+        ops.sde_step(x, s, torch.ones(4, dtype=torch.int64), 0.1, **call)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ops.sde_step(x, s, 0.1, 0.1, seed=1.5, step=0, backend="torch")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.sde_step(x, s, 0.1, 0.1, seed=1, step=0, backend="gpu")
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available"):
+        ops.sde_step(x, s, 0.1, 0.1, seed=1, step=0, backend="cuda")
+    with pytest.raises(ValueError, match="noise_norm"):
+        ops.langevin_correct(x, s, 0.16, seed=1, step=0, noise_norm="norm", backend="torch")
+    with pytest.raises(ValueError, match="snr"):
+        ops.langevin_correct(x, s, -0.1, seed=1, step=0, backend="torch")
+    with pytest.raises(ValueError, match="one stage coefficient per stage"):
+        ops.rk_combine(x, [s, s], [1.0], 0.1, backend="torch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_mismatch_is_refused():
+    x = torch.randn(4, 3, device="cuda")
+    with pytest.raises(ValueError, match="score is on cpu"):
+        ops.sde_step(x, torch.randn(4, 3), 0.1, 0.1, seed=1, step=0)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_empty_inputs_return_at_once(backend, device):
+    skip_unless_runnable(backend, device)
+    x = torch.empty(0, 3, 4, device=device)
+    out = ops.sde_step(x, x.clone(), 0.1, 0.2, 0.3, seed=1, step=0, backend=backend)
+    assert out.shape == x.shape
+    assert ops.sample_sq_norms(torch.empty(3, 0, device=device), backend=backend).abs().sum() == 0
