@@ -1,0 +1,110 @@
+"""Training images as one float tensor of shape (N, C, S, S) with values in [0, 1].
+
+Data sets (:data:`DATASETS`):
+    ``digits``         scikit-learn's 1,797 8x8 handwritten digits, shipped with scikit-learn (no
+                       download); bilinearly resized to ``image_size`` (default 16).
+    ``mnist``, ``fashion-mnist``, ``cifar10``
+                       the training splits, read by torchvision from ``data_dir`` in its own
+                       layout (``MNIST/raw``, ``FashionMNIST/raw``, ``cifar-10-batches-py``);
+                       fetched only when ``download=True``.
+    ``folder``         every image under ``data_dir`` (recursively), as RGB, resized on the
+                       shorter side and centre-cropped to ``image_size`` (default 32).
+
+The whole set is held in memory: the largest bundled one, CIFAR-10, takes 0.6 GB as float32.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+DEFAULT_IMAGE_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "folder": 32}
+DEFAULT_DATA_DIR = "data"
+
+
+def load_images(name: str, data_dir: str | os.PathLike | None = None, image_size: int | None = None,
+                download: bool = False) -> torch.Tensor:
+    """Load the training images of data set ``name``.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: where torchvision data sets live (default ``./data``) or, for ``folder``, the
+            image folder itself (required).
+        image_size: side S of the square images returned; default :data:`DEFAULT_IMAGE_SIZE`.
+        download: let torchvision fetch a missing mnist / fashion-mnist / cifar10.
+
+    Returns:
+        float32 tensor (N, C, S, S) in [0, 1]; C is 1 for digits and the MNISTs, 3 otherwise.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    size = DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
+    if size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if name == "digits":
+        images = _digits()
+    elif name == "folder":
+        if data_dir is None:
+            raise ValueError("dataset 'folder' needs data_dir (--data-dir): the folder holding your images")
+        return _folder(Path(data_dir), size)
+    else:
+        images = _torchvision(name, Path(DEFAULT_DATA_DIR if data_dir is None else data_dir), download)
+    return _resize(images, size)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return TF.resize(images, [size, size], antialias=True).clamp_(0.0, 1.0)
+
+
+def _digits() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    pixels = torch.from_numpy(load_digits().images).float()  # (1797, 8, 8), values 0..16
+    return (pixels / 16.0).unsqueeze(1)
+
+
+def _torchvision(name: str, root: Path, download: bool) -> torch.Tensor:
+    from torchvision import datasets
+
+    cls, layout = {"mnist": (datasets.MNIST, "MNIST/raw/*-ubyte"),
+                   "fashion-mnist": (datasets.FashionMNIST, "FashionMNIST/raw/*-ubyte"),
+                   "cifar10": (datasets.CIFAR10, "cifar-10-batches-py/")}[name]
+    try:
+        data = cls(root=str(root), train=True, download=download)
+    except RuntimeError as e:
+        if download:
+            raise
+        raise FileNotFoundError(
+            f"{name} not found (or incomplete) under {root.resolve()}: torchvision looked for {root / layout} "
+            f"and said: {e}. Run again with --download (download=True) to fetch it there, or point --data-dir "
+            f"(data_dir) at the folder that holds it.") from e
+    pixels = torch.as_tensor(data.data)
+    if pixels.dim() == 3:  # MNIST: (N, H, W)
+        pixels = pixels.unsqueeze(1)
+    else:  # CIFAR-10: (N, H, W, C)
+        pixels = pixels.permute(0, 3, 1, 2)
+    return TF.to_dtype(pixels.contiguous(), torch.float32, scale=True)
+
+
+def _folder(root: Path, size: int) -> torch.Tensor:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root.resolve()} does not exist (--data-dir)")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root.resolve()}")
+    images = []
+    for path in paths:
+        try:
+            image = TF.pil_to_tensor(pil_loader(str(path)))
+        except OSError as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        image = TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+        images.append(TF.to_dtype(image, torch.float32, scale=True))
+    return torch.stack(images)
