@@ -1,0 +1,131 @@
+"""Op registration, launch and input-check helpers shared by the Triton op wrappers.
+
+The registered ops are public (``torch.ops.scoreops.triton_*``), so each wrapper checks its
+arguments here rather than trusting ``scoreops.ops`` to have done it. Checks look only at
+shapes, dtypes and devices, so they also run on fake tensors under ``torch.compile``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+
+INTERPRETED: bool = triton.knobs.runtime.interpret
+"""True when ``triton.jit`` makes interpreted kernels (``TRITON_INTERPRET=1``), which run on CPU tensors."""
+_INTERPRETED = tl.constexpr(INTERPRETED)
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+UINT32_MASK = 0xFFFFFFFF
+# Pair (sample, group) and flat program indices are int32 inside the kernels.
+MAX_INDEX = 2**31 - 2**16
+# The interpreter runs one program at a time in numpy, so there big blocks amortise its per-op cost.
+BLOCK_PAIRS = 4096 if INTERPRETED else 256
+BLOCK_ELEMENTS = 16384 if INTERPRETED else 1024
+
+
+@triton.jit
+def round_to(value, dtype: tl.constexpr):
+    """float32 ``value`` rounded to the nearest ``dtype`` value (ties to even), as torch's ``.to`` does.
+
+    Triton's interpreter casts float32 to bfloat16 by truncation, so there the bits are rounded here.
+    """
+    if _INTERPRETED:
+        if dtype == tl.bfloat16:
+            bits = value.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            bits = tl.where(value != value, 0x7FC0, bits)  # the carry could turn a NaN into inf
+            return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return value.to(dtype)
+
+
+def triton_op(name: str, *, mutates_args):
+    """Register ``fn`` as the op ``name`` (schema from its annotations).
+
+    Compiled kernels: :func:`torch.library.triton_op`, so that ``torch.compile`` and CUDA graphs
+    see the kernels themselves. Interpreted kernels cannot be traced by torch, so there the op is
+    an opaque :func:`torch.library.custom_op` whose fake implementation is ``fn`` itself, with
+    the launches skipped (see :func:`wrap_triton`).
+    """
+    def register(fn):
+        if not INTERPRETED:
+            return torch.library.triton_op(name, fn, mutates_args=mutates_args)
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
+        op.register_fake(fn)
+        return op
+    return register
+
+
+def wrap_triton(kernel):
+    """:func:`torch.library.wrap_triton`, or in the interpreter a launcher that ignores fake tensors.
+
+    It keeps torch's name on purpose: ``triton_op`` finds an op's kernels (for the compile cache
+    key) by parsing the calls ``wrap_triton(<kernel>)`` in the op's source.
+    """
+    if not INTERPRETED:
+        return torch.library.wrap_triton(kernel)
+    return _InterpretedLauncher(kernel)
+
+
+class _InterpretedLauncher:
+    """``launcher[grid](*args)`` runs the interpreted kernel, unless the tensors are fake (shapes only)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if not any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
+                self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def check_device(name: str, t: torch.Tensor) -> None:
+    """Triton kernels read CPU tensors only in the interpreter; say so instead of crashing in the launch."""
+    if t.device.type == "cpu" and not INTERPRETED:
+        raise RuntimeError(f"{name} is a CPU tensor, but the Triton kernels run on CPU tensors only in Triton's "
+                           "interpreter: set TRITON_INTERPRET=1 before triton is imported, or use a GPU tensor")
+
+
+def check_float(name: str, t: torch.Tensor, like: torch.Tensor | None = None) -> None:
+    """``t`` is a float32/float16/bfloat16 tensor; with ``like``, of like's shape, dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if like is None:
+        return
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device}, expected {like.device}")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}, expected {like.dtype}")
+
+
+def check_batched(name: str, t: torch.Tensor) -> None:
+    """``t`` is a float tensor with a leading batch dimension."""
+    check_float(name, t)
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
+
+
+def check_counters(seed: torch.Tensor, step: torch.Tensor, device: torch.device) -> None:
+    """``seed`` and ``step`` are 1-element int64 tensors on ``device`` (read by the kernels)."""
+    for name, t in (("seed", seed), ("step", step)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.numel() != 1:
+            raise TypeError(f"{name} must be a 1-element int64 tensor, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+def check_index_range(name: str, count: int) -> None:
+    """The kernels index pairs and elements of one launch with int32."""
+    if count > MAX_INDEX:
+        raise ValueError(f"{name} is too large for one Triton launch: {count} > {MAX_INDEX}")
+
+
+def block_size(count: int, max_block: int) -> int:
+    """A power-of-two block no larger than needed for ``count`` items (small launches waste no lanes)."""
+    return min(max_block, triton.next_power_of_2(max(count, 1)))
