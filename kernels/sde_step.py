@@ -1,0 +1,127 @@
+"""The fused SDE step in Triton: ``x + a*s + b*z + c*(z*z - 1)`` with z drawn from the stream in-kernel.
+
+One pass reads x and s and writes the result; EM, Milstein, the reverse-diffusion predictor and
+the Langevin corrector are all this update with different coefficients (see ``scoreops.ops``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
+                      check_float, check_index_range, round_to, triton_op, wrap_triton)
+from .philox import stream_normals
+
+# Coefficient layouts: one value, one per sample, one per element.
+COEF_SCALAR, COEF_PER_SAMPLE, COEF_PER_ELEMENT = 0, 1, 2
+
+
+@triton.jit
+def load_coef(ptr, sample, offs, row_mask, mask, MODE: tl.constexpr):
+    """A step coefficient as float32: ``ptr[0]``, ``ptr[sample]`` or ``ptr[offs]`` for MODE
+    COEF_SCALAR (0), COEF_PER_SAMPLE (1) or COEF_PER_ELEMENT (2); ``sample``/``row_mask`` are
+    ``[BLOCK, 1]``, ``offs``/``mask`` ``[BLOCK, 4]``.
+    """
+    if MODE == 0:
+        coef = tl.load(ptr)
+    elif MODE == 1:
+        coef = tl.load(ptr + sample, mask=row_mask)
+    else:
+        coef = tl.load(ptr + offs, mask=mask)
+    return coef.to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["lane", "sample_offset"])
+def sde_step_kernel(out_ptr, x_ptr, s_ptr, a_ptr, b_ptr, c_ptr, seed_ptr, step_ptr, lane, sample_offset,
+                    numel, groups, pairs, A_MODE: tl.constexpr, B_MODE: tl.constexpr, C_MODE: tl.constexpr,
+                    ADD_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+    """``out = x + a*s + b*z + c*(z*z - 1)`` (``x + a*s`` without ADD_NOISE) in float32, stored in out's dtype.
+
+    x, s, out are contiguous (batch, numel); z is the stream's normal of each element. Row r of the
+    tile is pair ``p``: group ``g`` (elements 4g..4g+3) of sample ``i``, ``(i, g) = divmod(p, groups)``.
+    """
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = p // groups
+    g = p - i * groups
+    sample = i[:, None]
+    row_mask = (p < pairs)[:, None]
+    j = 4 * g[:, None] + tl.arange(0, 4)[None, :]
+    mask = row_mask & (j < numel)
+    offs = sample.to(tl.int64) * numel + j
+    x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+    s = tl.load(s_ptr + offs, mask=mask).to(tl.float32)
+    out = x + load_coef(a_ptr, sample, offs, row_mask, mask, A_MODE) * s
+    if ADD_NOISE:
+        z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
+        b = load_coef(b_ptr, sample, offs, row_mask, mask, B_MODE)
+        c = load_coef(c_ptr, sample, offs, row_mask, mask, C_MODE)
+        out = out + b * z + c * (z * z - 1.0)
+    tl.store(out_ptr + offs, round_to(out, out_ptr.dtype.element_ty), mask=mask)
+
+
+def _coef_mode(name: str, coef: torch.Tensor, x: torch.Tensor) -> int:
+    """Check a coefficient tensor; returns its layout (COEF_*)."""
+    if not isinstance(coef, torch.Tensor) or coef.dtype != torch.float32:
+        raise TypeError(f"{name} must be a float32 tensor, got "
+                        f"{coef.dtype if isinstance(coef, torch.Tensor) else type(coef).__name__}")
+    if coef.device != x.device:
+        raise ValueError(f"{name} is on {coef.device}, expected {x.device}")
+    if coef.numel() == 1:
+        return COEF_SCALAR
+    if coef.numel() == x.shape[0]:
+        return COEF_PER_SAMPLE
+    if coef.numel() == x.numel():
+        return COEF_PER_ELEMENT
+    raise ValueError(f"{name} must have 1, B={x.shape[0]} or numel(x)={x.numel()} elements, got {coef.numel()}")
+
+
+def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise) -> None:
+    """Check the arguments and launch the step kernel, writing into the contiguous ``out`` (may be x)."""
+    check_batched("x", x)
+    check_float("s", s, like=x)
+    check_device("x", x)
+    check_counters(seed, step, x.device)
+    modes = [_coef_mode(name, coef, x) for name, coef in (("a", a), ("b", b), ("c", c))]
+    if x.numel() == 0:
+        return
+    batch = x.shape[0]
+    numel = x.numel() // batch
+    groups = triton.cdiv(numel, 4)
+    pairs = batch * groups
+    check_index_range("batch * ceil(numel / 4)", pairs)
+    block = block_size(pairs, BLOCK_PAIRS)
+    wrap_triton(sde_step_kernel)[(triton.cdiv(pairs, block),)](
+        out, x.contiguous(), s.contiguous(), a.contiguous(), b.contiguous(), c.contiguous(), seed, step,
+        lane & UINT32_MASK, sample_offset & UINT32_MASK, numel, groups, pairs,
+        A_MODE=modes[0], B_MODE=modes[1], C_MODE=modes[2], ADD_NOISE=add_noise, BLOCK=block)
+
+
+@triton_op("scoreops::triton_sde_step", mutates_args=())
+def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+             seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+    """One fused step ``x + a*s + b*z + c*(z*z - 1)``, z the stream's normals (``x + a*s`` without add_noise).
+
+    Args:
+        x: (B, ...) state, float32/float16/bfloat16; any strides.
+        s: score (or drift), x's shape, dtype and device.
+        a, b, c: float32 coefficients of numel 1, B (per sample) or numel(x) (per element, x's layout).
+        seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
+        lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
+        add_noise: False gives the mean ``x + a*s``.
+    Returns:
+        A new contiguous tensor of x's shape and dtype (arithmetic in float32).
+    """
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise)
+    return out
+
+
+@triton_op("scoreops::triton_sde_step_", mutates_args={"x"})
+def sde_step_(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+              seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> None:
+    """:func:`sde_step` written into x (in place when x is contiguous, else through a contiguous copy)."""
+    target = x.contiguous()
+    _sde_step_into(target, target, s, a, b, c, seed, step, lane, sample_offset, add_noise)
+    if not x.is_contiguous():
+        x.copy_(target)
