@@ -1,0 +1,263 @@
+"""The step update alone: fused scoreops ops against the eager tutorial step and torch.compile of it.
+
+For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor) and
+each size, one run times side by side:
+
+* ``eager``: the tutorial's torch expression, noise from ``torch.randn_like``;
+* ``compile``: ``torch.compile`` of that same function (one static-shape compile per size);
+* every scoreops backend built for the device (the public op, noise made inside the kernel);
+* ``dst.copy_(src)`` of the same size, the device's copy bandwidth.
+
+A fused EM, Milstein or reverse-diffusion step must read x and s and write the result: 12 bytes
+per float32 element; the Langevin corrector adds a reduction pass over s: 16 bytes. Achieved GB/s
+counts those bytes for every variant, so it is comparable with the copy bandwidth (8 bytes per
+element) and the ratio of the two says how close a step comes to the memory floor.
+
+Run ``python benchmarks/bench_steps.py --help``, or ``scoreops bench``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from scoreops import ops
+
+try:
+    from . import common
+except ImportError:  # run as a script: python benchmarks/bench_steps.py
+    import common
+
+# The VE SDE of the tutorial halfway through a 500-step run: the coefficients only set values.
+SIGMA, T, NUM_STEPS, EPS, SNR = 25.0, 0.5, 500, 1e-3, 0.16
+
+CPU_SIZES = "64x1x28x28,2^20,2^22,2^24"
+CUDA_SIZES = "64x1x28x28,2^20,2^22,2^24,2^26,2^28"
+QUICK_SIZES = "4x1x8x8,3x5x7"
+
+
+# --------------------------------------------------------------------------- the eager tutorial steps
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) coefficient shaped to broadcast over x, as the tutorial's ``[:, None, None, None]``."""
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def eager_em(x: torch.Tensor, s: torch.Tensor, g: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """The tutorial's Euler-Maruyama step ``x + g**2 s dt + sqrt(dt) g z``; g (B,), dt 0-d."""
+    g = _per_sample(g, x)
+    mean_x = x + (g**2) * s * dt
+    return mean_x + torch.sqrt(dt) * g * torch.randn_like(x)
+
+
+def eager_milstein(x: torch.Tensor, s: torch.Tensor, g: torch.Tensor, dg: torch.Tensor,
+                   dt: torch.Tensor) -> torch.Tensor:
+    """The paper's Milstein step: EM plus ``1/2 g g' (z**2 - 1) dt``; g, dg (B,), dt 0-d."""
+    g, dg = _per_sample(g, x), _per_sample(dg, x)
+    z = torch.randn_like(x)
+    return x + (g**2) * s * dt + g * torch.sqrt(dt) * z + 0.5 * g * dg * (z * z - 1) * dt
+
+
+def eager_langevin(x: torch.Tensor, s: torch.Tensor, snr: float) -> torch.Tensor:
+    """The tutorial's Langevin corrector step, step size from the batch-mean score norm."""
+    grad_norm = torch.norm(s.reshape(s.shape[0], -1), dim=-1).mean()
+    noise_norm = math.sqrt(math.prod(x.shape[1:]))
+    step_size = 2 * (snr * noise_norm / grad_norm) ** 2
+    return x + step_size * s + torch.sqrt(2 * step_size) * torch.randn_like(x)
+
+
+def eager_reverse_diffusion(x: torch.Tensor, s: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """score_sde's reverse-diffusion predictor for the VE SDE (zero drift); G (B,)."""
+    G = _per_sample(G, x)
+    f = torch.zeros_like(x)
+    rev_f = f - G**2 * s
+    x_mean = x - rev_f
+    return x_mean + G * torch.randn_like(x)
+
+
+# --------------------------------------------------------------------------- the cases
+@dataclass
+class StepInputs:
+    """x, s and every coefficient both forms of each step need, on one device."""
+    x: torch.Tensor
+    s: torch.Tensor
+    g: torch.Tensor         # (B,) eager coefficients, as the tutorial computes them per sample
+    dg: torch.Tensor
+    G: torch.Tensor
+    dt: torch.Tensor        # 0-d
+    coefs: dict             # name -> (1,) float32: the fused ops' a, b, c, as the samplers hold them
+    seed: torch.Tensor      # (1,) int64
+    step: torch.Tensor
+
+
+def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
+    """Fresh random x and s of ``shape`` and the VE SDE's coefficients at t = :data:`T`."""
+    batch = shape[0]
+    dt = (1.0 - EPS) / (NUM_STEPS - 1)
+    g = SIGMA**T
+    dg = math.log(SIGMA) * g
+    std = math.sqrt((SIGMA ** (2 * T) - 1) / (2 * math.log(SIGMA)))
+    std_prev = math.sqrt((SIGMA ** (2 * (T - dt)) - 1) / (2 * math.log(SIGMA)))
+    G = math.sqrt(std**2 - std_prev**2)
+    x = torch.randn(shape, device=device) * std
+    coefs = {"em_a": g * g * dt, "em_b": g * math.sqrt(dt), "milstein_c": 0.5 * g * dg * dt,
+             "rd_a": G * G, "rd_b": G, "zero": 0.0}
+
+    def full(v):
+        return torch.full((batch,), v, device=device)
+
+    return StepInputs(
+        x=x, s=-x / std**2, g=full(g), dg=full(dg), G=full(G), dt=torch.tensor(dt, device=device),
+        coefs={k: torch.tensor([v], dtype=torch.float32, device=device) for k, v in coefs.items()},
+        seed=torch.randint(0, 2**62, (1,), device=device), step=torch.tensor([7], device=device))
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """One update: its eager tutorial form, its fused scoreops form, and the bytes it must move."""
+    eager: Callable[..., torch.Tensor]
+    eager_args: Callable[[StepInputs], tuple]
+    fused: Callable[[StepInputs, str], torch.Tensor]
+    bytes_per_element: int
+
+
+def _fused_sde_step(a: str, b: str, c: str) -> Callable[[StepInputs, str], torch.Tensor]:
+    def fused(p: StepInputs, backend: str) -> torch.Tensor:
+        return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.step, backend=backend)
+    return fused
+
+
+def _fused_langevin(p: StepInputs, backend: str) -> torch.Tensor:
+    return ops.langevin_correct(p.x, p.s, SNR, seed=p.seed, step=p.step, backend=backend)
+
+
+CASES: dict[str, StepCase] = {
+    "em": StepCase(eager_em, lambda p: (p.x, p.s, p.g, p.dt), _fused_sde_step("em_a", "em_b", "zero"), 12),
+    "milstein": StepCase(eager_milstein, lambda p: (p.x, p.s, p.g, p.dg, p.dt),
+                         _fused_sde_step("em_a", "em_b", "milstein_c"), 12),
+    "langevin": StepCase(eager_langevin, lambda p: (p.x, p.s, SNR), _fused_langevin, 16),
+    "reverse_diffusion": StepCase(eager_reverse_diffusion, lambda p: (p.x, p.s, p.G),
+                                  _fused_sde_step("rd_a", "rd_b", "zero"), 12),
+}
+
+
+def fused_backends(device: torch.device) -> list[str]:
+    """The scoreops backends to time on ``device``: all built ones but interpreted Triton (a test vehicle)."""
+    return [b for b in ops.available_backends(device) if not (b == "triton" and device.type == "cpu")]
+
+
+# --------------------------------------------------------------------------- measuring
+def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backends: list[str], *,
+                 compile_step: bool, rounds: int, min_run_time: float) -> list[dict]:
+    """Time one update at one size: eager, compiled, each backend and a copy, interleaved.
+
+    Returns one row per backend, with the eager and compiled times beside it.
+    """
+    case, p = CASES[name], make_inputs(shape, device)
+    numel = p.x.numel()
+    args = case.eager_args(p)
+    dst = torch.empty_like(p.x)
+    variants = {"eager": lambda: case.eager(*args), "copy": lambda: dst.copy_(p.x)}
+    if compile_step:
+        torch._dynamo.reset()  # a fresh static-shape compile per size, within dynamo's recompile limit
+        compiled = torch.compile(case.eager, dynamic=False)
+        variants["compile"] = lambda: compiled(*args)
+    for backend in backends:
+        variants[backend] = lambda backend=backend: case.fused(p, backend)
+    for fn in variants.values():
+        fn()  # warm-up: compilation, kernel loading, allocator
+    times = common.median_times(variants, rounds=rounds, min_run_time=min_run_time)
+
+    step_bytes = case.bytes_per_element * numel
+    copy_gbps = common.gb_per_s(common.COPY_BYTES_PER_ELEMENT * numel, times["copy"])
+    rows = []
+    for backend in backends:
+        fused = times[backend]
+        rows.append({
+            "op": name, "shape": common.format_shape(shape), "numel": numel, "backend": backend,
+            "bytes_per_element": case.bytes_per_element,
+            "fused_ms": 1e3 * fused, "eager_ms": 1e3 * times["eager"],
+            "compile_ms": 1e3 * times["compile"] if compile_step else None,
+            "fused_gbps": common.gb_per_s(step_bytes, fused),
+            "eager_gbps": common.gb_per_s(step_bytes, times["eager"]),
+            "copy_gbps": copy_gbps,
+            "fraction_of_copy": common.gb_per_s(step_bytes, fused) / copy_gbps,
+            "speedup_vs_eager": times["eager"] / fused,
+            "speedup_vs_compile": times["compile"] / fused if compile_step else None,
+        })
+    return rows
+
+
+COLUMNS = [
+    common.Column("op", "op"), common.Column("shape", "shape"), common.Column("backend", "backend"),
+    common.Column("fused_ms", "fused ms", "{:.3g}"), common.Column("eager_ms", "eager ms", "{:.3g}"),
+    common.Column("compile_ms", "compile ms", "{:.3g}"), common.Column("fused_gbps", "fused GB/s", "{:.3g}"),
+    common.Column("copy_gbps", "copy GB/s", "{:.3g}"), common.Column("fraction_of_copy", "of copy", "{:.0%}"),
+    common.Column("speedup_vs_eager", "x eager", "{:.2f}"), common.Column("speedup_vs_compile", "x compile", "{:.2f}"),
+]
+
+NOTES = """
+`fused`: the scoreops op on that backend (public call, input checks included; noise made in the
+kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `compile`:
+`torch.compile(eager step, dynamic=False)`, warmed up per size. Medians of interleaved rounds.
+GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
+whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
+per element); `of copy` is fused GB/s over copy GB/s; `x eager` and `x compile` are time ratios.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench_steps", description=__doc__.split("\n\n")[0])
+    common.add_common_arguments(parser)
+    parser.add_argument("--sizes", default=None,
+                        help=f"comma list of shapes (64x1x28x28) or element counts (2^24); default {CPU_SIZES} "
+                             f"on the CPU, {CUDA_SIZES} on a GPU")
+    parser.add_argument("--ops", default=",".join(CASES), help="comma list of updates (default: %(default)s)")
+    parser.add_argument("--backends", default=None,
+                        help="comma list of scoreops backends (default: every one built for the device)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="time torch.compile of the eager step too (default: on)")
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> tuple:
+    """Run the step benchmark from command-line arguments; returns the (JSON, markdown) paths written."""
+    args = build_parser().parse_args(argv)
+    device, timing = common.prepare(args)
+    default_sizes = QUICK_SIZES if args.quick else CUDA_SIZES if device.type == "cuda" else CPU_SIZES
+    shapes = [common.parse_shape(s) for s in _split(args.sizes or default_sizes)]
+    names = _split(args.ops)
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        raise ValueError(f"--ops: unknown updates {unknown}; choose from {list(CASES)}")
+    backends = _split(args.backends) if args.backends else fused_backends(device)
+    for backend in backends:
+        ops.resolve_backend(backend, device)  # a clear error now rather than after minutes of timing
+
+    info = common.machine_info(device)
+    print(common.describe_machine(info))
+    print(common.markdown_table([], COLUMNS), flush=True)
+    rows = []
+    for shape in shapes:
+        for name in names:
+            case_rows = measure_case(name, shape, device, backends, compile_step=args.compile, **timing)
+            print(common.markdown_table(case_rows, COLUMNS, header=False), flush=True)
+            rows += case_rows
+    settings = {"sizes": [common.format_shape(s) for s in shapes], "ops": names, "backends": backends,
+                "compile": args.compile, "quick": args.quick, "sigma": SIGMA, "t": T, "num_steps": NUM_STEPS,
+                "snr": SNR, **timing}
+    paths = common.write_results(args.out, "steps", "Step updates: fused scoreops ops vs the eager tutorial step",
+                                 info, settings, rows, COLUMNS, NOTES)
+    print("wrote", *paths, flush=True)
+    return paths
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

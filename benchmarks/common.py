@@ -1,0 +1,287 @@
+"""Shared benchmark helpers: device naming, timing and result files.
+
+Every benchmark measures its variants side by side in one process and reports medians; the
+ratios between them are the result, the absolute times describe the machine they ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch.utils import benchmark
+
+import scoreops
+
+COPY_BYTES_PER_ELEMENT = 8  # dst.copy_(src) in float32: one read, one write
+
+
+# --------------------------------------------------------------------------- the machine
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what :mod:`platform` knows elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human-readable name of ``device``: the GPU's name, or the CPU model for ``cpu``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def slug(name: str) -> str:
+    """``name`` as a file-name fragment: ``"Intel(R) Xeon(R) Gold 6338"`` -> ``"intel-xeon-gold-6338"``."""
+    name = re.sub(r"\((r|tm)\)", "", name.lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+
+
+def device_slug(device: torch.device | str) -> str:
+    """The file-name fragment that names ``device`` in result files."""
+    return slug(device_name(device))
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(device: torch.device | str) -> dict[str, Any]:
+    """What a result depends on: device, host, library versions, threads, date and load."""
+    device = torch.device(device)
+    info = {
+        "device": device.type,
+        "device_name": device_name(device),
+        "host_cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _package_version("triton"),
+        "scoreops": scoreops.__version__,
+        "platform": platform.platform(),
+        # Other processes on the machine slow every variant, though not always alike: say how busy it was.
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count)
+    return info
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """One markdown line naming the machine of :func:`machine_info`."""
+    where = info["device_name"]
+    if info["device"] == "cuda":
+        where += f" (CUDA {info['cuda']}, host {info['host_cpu']})"
+    load = ", ".join(f"{v:g}" for v in info["load_average"]) if info["load_average"] else "n/a"
+    return (f"Machine: **{where}**, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads; "
+            f"torch {info['torch']}, triton {info['triton']}, Python {info['python']}; {info['date']}; "
+            f"load average at start {load}.")
+
+
+def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, float]]:
+    """Apply the common arguments: the device, torch's thread count, and the timing settings.
+
+    Returns the device and ``{"rounds": ..., "min_run_time": ...}`` for :func:`median_times`.
+    """
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return device, timing_settings(args)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device`` value to a device: ``auto`` is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return device
+
+
+# --------------------------------------------------------------------------- timing
+def median_times(fns: dict[str, Callable[[], object]], *, rounds: int = 3,
+                 min_run_time: float = 0.2) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds.
+
+    Each round times every function once with ``torch.utils.benchmark.Timer.blocked_autorange``
+    (which synchronises the GPU around each block of calls); interleaving the rounds spreads a
+    change in the machine's load over all variants instead of one. Call each function once
+    before (warm-up: compilation, allocator, caches).
+
+    Args:
+        fns: name -> function of no arguments.
+        rounds: interleaved measurement rounds.
+        min_run_time: seconds of measurement per function and round.
+    Returns:
+        name -> median seconds per call over all blocks of all rounds.
+    """
+    blocks: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            blocks[name].extend(timer.blocked_autorange(min_run_time=min_run_time).times)
+    return {name: statistics.median(times) for name, times in blocks.items()}
+
+
+def median_run_times(fns: dict[str, Callable[[], object]], device: torch.device | str, *,
+                     repeats: int = 3) -> dict[str, float]:
+    """Median seconds per call of long-running functions (whole sampler runs), interleaved.
+
+    Each function is called ``repeats`` times, round-robin, each call timed alone between two
+    device synchronisations; for calls of a second or more a host clock is exact enough and
+    :func:`median_times`' block-size search would cost extra runs. Warm up each function first.
+    """
+    device = torch.device(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cuda_graphed(fn: Callable[[], object]) -> Callable[[], None]:
+    """Capture ``fn`` (no arguments, CUDA work only) as a CUDA graph; returns its replay.
+
+    ``fn`` runs once on a side stream first, as capture requires (kernels load, the allocator
+    warms up); the replay then reruns the captured kernels on the same buffers with no Python.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def gb_per_s(num_bytes: float, seconds: float) -> float:
+    """Throughput in GB/s (10**9 bytes per second)."""
+    return num_bytes / seconds / 1e9
+
+
+# --------------------------------------------------------------------------- sizes
+def parse_shape(text: str) -> tuple[int, ...]:
+    """A size from the command line: a shape ``64x1x28x28`` or an element count ``2^24`` / ``4096``.
+
+    An element count n becomes ``(64, n // 64)`` (64 samples) when 64 divides it, else ``(1, n)``.
+    """
+    text = text.strip().lower()
+    try:
+        if "x" in text:
+            shape = tuple(int(d) for d in text.split("x"))
+        else:
+            base, caret, power = text.partition("^")
+            numel = int(base) ** int(power) if caret else int(base)
+            shape = (64, numel // 64) if numel % 64 == 0 else (1, numel)
+    except ValueError:
+        raise ValueError(f"size must be a shape like 64x1x28x28 or an element count like 2^24, got {text!r}") from None
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"size must have positive dimensions, got {text!r}")
+    return shape
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str = "benchmarks/results") -> None:
+    """The options every benchmark takes: ``--out``, ``--device``, ``--quick``, ``--threads``, ``--rounds``,
+    ``--min-run-time`` (see :func:`prepare`)."""
+    parser.add_argument("--out", default=default_out, help="folder for the JSON and markdown results (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (the GPU when there is one; default)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3, 1 with --quick)")
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds of timing per variant and round (default 0.2, 0.01 with --quick)")
+
+
+def timing_settings(args: argparse.Namespace) -> dict[str, float]:
+    """``rounds`` and ``min_run_time`` from the parsed common arguments."""
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    min_run_time = args.min_run_time if args.min_run_time is not None else (0.01 if args.quick else 0.2)
+    if rounds < 1 or min_run_time <= 0:
+        raise ValueError(f"--rounds must be >= 1 and --min-run-time > 0, got {rounds} and {min_run_time}")
+    return {"rounds": rounds, "min_run_time": min_run_time}
+
+
+# --------------------------------------------------------------------------- result files
+@dataclass(frozen=True)
+class Column:
+    """One column of a markdown table: the row key, its header and how to print its value."""
+    key: str
+    header: str
+    fmt: str = "{}"
+
+    def cell(self, row: dict[str, Any]) -> str:
+        value = row.get(self.key)
+        return "-" if value is None else self.fmt.format(value)
+
+
+def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], header: bool = True) -> str:
+    """A GitHub markdown table of ``rows`` (missing values print as ``-``); its rows alone without ``header``."""
+    lines = ["| " + " | ".join(c.header for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"] if header else []
+    lines += ["| " + " | ".join(c.cell(row) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[str, Any],
+                  settings: dict[str, Any], rows: list[dict[str, Any]], columns: Sequence[Column],
+                  notes: str = "") -> tuple[Path, Path]:
+    """Write ``<name>-<device slug>.json`` and ``.md`` under ``out_dir``; returns their paths.
+
+    The JSON holds the machine (:func:`machine_info`), the settings and every row; the markdown
+    holds the title, the machine line, the table of ``columns`` and ``notes``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{slug(info['device_name'])}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps({"benchmark": name, "machine": info, "settings": settings, "rows": rows},
+                                    indent=1) + "\n")
+    parts = [f"# {title}", describe_machine(info), markdown_table(rows, columns)]
+    if notes:
+        parts.append(notes.strip())
+    md_path.write_text("\n\n".join(parts) + "\n")
+    return json_path, md_path

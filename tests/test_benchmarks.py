@@ -1,0 +1,159 @@
+"""Smoke tests of the benchmarks: each runs at a tiny size and writes consistent JSON and markdown.
+
+They check what the files say and that the derived numbers follow from the measured ones; they
+time nothing.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
+    from scoreops.benchmarks import bench_samplers, bench_steps, common
+except ImportError:  # a source checkout, run from the repository root
+    from benchmarks import bench_samplers, bench_steps, common
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+MACHINE_KEYS = {"device", "device_name", "host_cpu", "cpu_count", "torch_threads", "date", "python", "torch",
+                "triton", "scoreops", "load_average"}
+
+
+def _load(paths):
+    json_path, md_path = map(Path, paths)
+    assert json_path.parent == md_path.parent
+    assert json_path.stem == md_path.stem
+    return json.loads(json_path.read_text()), md_path.read_text()
+
+
+def _check_markdown(md: str, result: dict, columns) -> list[list[str]]:
+    """The markdown names the machine and has one table row per JSON row; returns the cells."""
+    assert result["machine"]["device_name"] in md
+    header = "| " + " | ".join(c.header for c in columns) + " |"
+    lines = md.splitlines()
+    start = lines.index(header)
+    rows = [line for line in lines[start + 2:] if line.startswith("|")]
+    assert len(rows) == len(result["rows"])
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+@pytest.mark.parametrize("text, shape", [("64x1x28x28", (64, 1, 28, 28)), ("2^24", (64, 2**18)),
+                                         ("4096", (64, 64)), ("2^5", (1, 32)), ("7", (1, 7))])
+def test_parse_shape(text, shape):
+    assert common.parse_shape(text) == shape
+
+
+@pytest.mark.parametrize("text", ["", "64x", "2^", "axb", "0x3", "-4"])
+def test_parse_shape_rejects_bad_sizes(text):
+    with pytest.raises(ValueError, match="size"):
+        common.parse_shape(text)
+
+
+def test_slug_names_devices_as_files():
+    assert common.slug("Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz") == "intel-xeon-gold-6338-cpu-2-00ghz"
+    assert common.slug("NVIDIA H200") == "nvidia-h200"
+    assert common.slug("(R)") == "unknown"
+
+
+def test_markdown_table_formats_and_marks_missing_values():
+    columns = [common.Column("a", "A"), common.Column("b", "B", "{:.2f}")]
+    table = common.markdown_table([{"a": "x", "b": 1.0 / 3}, {"a": "y"}], columns)
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| x | 0.33 |", "| y | - |"]
+
+
+def test_bench_steps_writes_consistent_results(tmp_path):
+    ops = ["em", "langevin"]
+    paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--no-compile", "--sizes", "3x5x7,2^6",
+                              "--ops", ",".join(ops), "--out", str(tmp_path)])
+    result, md = _load(paths)
+    assert Path(paths[0]).name == f"steps-{common.device_slug('cpu')}.json"
+    assert MACHINE_KEYS <= set(result["machine"])
+    backends = bench_steps.fused_backends(torch.device("cpu"))
+    assert "torch" in backends and "triton" not in backends
+    rows = result["rows"]
+    assert [(r["shape"], r["op"], r["backend"]) for r in rows] == [
+        (shape, op, b) for shape in ("3x5x7", "64x1") for op in ops for b in backends]
+    for r in rows:
+        assert r["numel"] == math.prod(int(d) for d in r["shape"].split("x"))
+        assert r["bytes_per_element"] == (16 if r["op"] == "langevin" else 12)
+        assert r["fused_ms"] > 0 and r["eager_ms"] > 0 and r["copy_gbps"] > 0
+        assert r["compile_ms"] is None and r["speedup_vs_compile"] is None
+        assert r["fused_gbps"] == pytest.approx(r["bytes_per_element"] * r["numel"] / (r["fused_ms"] * 1e6))
+        assert r["fraction_of_copy"] == pytest.approx(r["fused_gbps"] / r["copy_gbps"])
+        assert r["speedup_vs_eager"] == pytest.approx(r["eager_ms"] / r["fused_ms"])
+    cells = _check_markdown(md, result, bench_steps.COLUMNS)
+    assert [row[:3] for row in cells] == [[r["op"], r["shape"], r["backend"]] for r in rows]
+    assert all(row[5] == "-" for row in cells)  # the compile column, not measured
+
+
+@pytest.mark.slow
+def test_bench_steps_times_torch_compile(tmp_path):
+    paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--sizes", "2x9", "--ops", "milstein",
+                              "--backends", "torch", "--out", str(tmp_path)])
+    (row,) = _load(paths)[0]["rows"]
+    assert row["compile_ms"] > 0
+    assert row["speedup_vs_compile"] == pytest.approx(row["compile_ms"] / row["fused_ms"])
+
+
+@pytest.mark.parametrize("argv, error, match", [
+    (["--ops", "em,heun"], ValueError, "heun"),
+    (["--backends", "nope"], ValueError, "backend"),
+    (["--sizes", "3xx"], ValueError, "size"),
+    (["--rounds", "0"], ValueError, "rounds"),
+])
+def test_bench_steps_rejects_bad_arguments(tmp_path, argv, error, match):
+    with pytest.raises(error, match=match):
+        bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--out", str(tmp_path), *argv])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_benchmarks_refuse_cuda_without_a_gpu(tmp_path):
+    for bench in (bench_steps, bench_samplers):
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            bench.main(["--quick", "--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_bench_samplers_writes_consistent_results(tmp_path):
+    samplers = ["em", "pc", "ode"]
+    paths = bench_samplers.main(["--quick", "--threads", "1", "--device", "cpu", "--models", "tiny", "--samplers", ",".join(samplers),
+                                 "--batch", "2", "--steps", "3", "--tol", "1e-2", "--out", str(tmp_path)])
+    result, md = _load(paths)
+    assert Path(paths[0]).name == f"samplers-{common.device_slug('cpu')}.json"
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["settings"]["ode_tol"] == 1e-2
+    rows = result["rows"]
+    assert [(r["sampler"], r["variant"]) for r in rows] == [(s, v) for s in samplers for v in ("eager", "scoreops")]
+    for r in rows:
+        assert r["model"] == "tiny" and r["batch"] == 2
+        assert r["seconds"] > 0 and r["model_s"] > 0
+        assert r["samples_per_s"] == pytest.approx(2 / r["seconds"])
+        parts = r["model_s"] + (r["update_s"] or 0.0) + r["overhead_s"]
+        assert parts == pytest.approx(r["seconds"])
+        assert r["overhead_per_step_ms"] == pytest.approx(1e3 * r["overhead_s"] / r["steps"])
+        if r["sampler"] == "ode":
+            assert r["update_s"] is None and r["steps"] >= 1 and r["nfe"] >= 6 * r["steps"]
+        else:
+            assert r["steps"] == 3 and r["nfe"] == 3 * (2 if r["sampler"] == "pc" else 1) and r["update_s"] > 0
+    eager = {r["sampler"]: r["seconds"] for r in rows if r["variant"] == "eager"}
+    for r in rows:
+        assert r["speedup_vs_eager"] == pytest.approx(eager[r["sampler"]] / r["seconds"])
+    cells = _check_markdown(md, result, bench_samplers.COLUMNS)
+    assert [row[:3] for row in cells] == [[r["model"], r["sampler"], r["variant"]] for r in rows]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the stop without a GPU")
+def test_gpu_check_stops_cleanly_without_a_gpu(tmp_path):
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, OUT=str(out), TMPDIR=str(tmp), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA GPU" in proc.stdout
+    assert [p.name for p in out.iterdir()] == ["gpu_check.log"]
+    assert "no CUDA GPU" in (out / "gpu_check.log").read_text()
+    assert not list(tmp.iterdir())  # nothing was built
