@@ -99,7 +99,7 @@ def philox_words(seed: int, step: int, lane: int, batch: int, numel: int, sample
 
 def normals_from_words(words: torch.Tensor) -> torch.Tensor:
     """Normals from words laid out as :func:`philox_words` returns them (same shape, float32)."""
-    w = words.view(*words.shape[:-1], -1, 4)
+    w = words.view(*words.shape[:-1], words.shape[-1] // 4, 4)
     u = uniform_from_word(w)
     n0, n1 = box_muller(u[..., 0], u[..., 1])
     n2, n3 = box_muller(u[..., 2], u[..., 3])
