@@ -1,0 +1,37 @@
+"""The training entry point under torchrun: two CPU processes with the gloo backend."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from scoreops import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_keep_identical_weights_and_the_loss_falls(tmp_path):
+    steps = 30
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "scoreops.train", "--dataset", "digits", "--image-size", "8", "--preset", "digits",
+           "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16", "--device", "cpu",
+           "--steps", str(steps), "--save-every", "10", "--save-rank-weights", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    saved = ckpt.read_checkpoint(tmp_path)
+    assert saved.step == steps and saved.config["world_size"] == 2
+    assert rank0.keys() == rank1.keys() == saved.model.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], saved.model[key]), key
+    # Only rank 0 writes checkpoints and the log: one row per step.
+    with open(tmp_path / "loss.csv", newline="") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == steps and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])

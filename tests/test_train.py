@@ -1,0 +1,220 @@
+"""Training on the CPU: the loss, the loss falling on digits, kill-and-resume equality,
+checkpoints (atomic, verified, refused when corrupt or mismatched) and bad input."""
+import argparse
+import csv
+import functools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import scoreops.train as train_mod
+from scoreops import checkpoint as ckpt
+from scoreops.data import load_images
+from scoreops.sde import marginal_prob_std
+from scoreops.train import add_arguments, dsm_loss, main
+
+# A tiny net on the native 8x8 digits: a step takes milliseconds. A later option overrides these.
+TINY = ["--dataset", "digits", "--image-size", "8", "--preset", "digits", "--channels", "8,16", "--embed-dim", "16",
+        "--batch-size", "16", "--device", "cpu"]
+
+
+def _run(out, *extra):
+    return main(TINY + ["--out", str(out), *extra])
+
+
+def _losses(run_dir):
+    with open(run_dir / "loss.csv", newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def test_dsm_loss_matches_formula():
+    x = torch.rand(6, 1, 5, 7)
+    std = functools.partial(marginal_prob_std, sigma=25.0)
+    weight = torch.randn(1, 5, 7)
+    model = lambda xt, t: weight * xt - t[:, None, None, None]  # noqa: E731
+    eps = 0.2
+    loss = dsm_loss(model, x, std, eps=eps, generator=torch.Generator().manual_seed(7))
+    # The same draws: t first, then z, from the generator.
+    g = torch.Generator().manual_seed(7)
+    t = (torch.rand(6, generator=g) * (1 - eps) + eps).double()
+    z = torch.randn(x.shape, generator=g).double()
+    x, w = x.double(), weight.double()
+    want = 0.0
+    for i in range(6):
+        s_i = np.sqrt((25.0 ** (2 * t[i].item()) - 1) / (2 * np.log(25.0)))
+        score = w * (x[i] + s_i * z[i]) - t[i]
+        want += ((score * s_i + z[i]) ** 2).sum().item() / 6
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+    assert abs(loss.item() - want) <= 1e-5 * want
+    assert t.min() >= eps
+
+
+def test_loss_falls_on_digits(tmp_path):
+    final = _run(tmp_path, "--steps", "80", "--save-every", "40")
+    losses = [v for _, v in _losses(tmp_path)]
+    assert len(losses) == 80 and np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
+    # Held-out check on fixed noise: the trained EMA net against the same net untrained.
+    trained, config = ckpt.load_model(final)
+    torch.manual_seed(config["seed"])
+    untrained = ckpt.build_model(config)
+    x = load_images("digits", image_size=8)[:512]
+    with torch.no_grad():
+        before, after = (dsm_loss(m, x, trained.marginal_prob_std, generator=torch.Generator().manual_seed(1))
+                         for m in (untrained, trained))
+    assert after < 0.3 * before
+    with Image.open(tmp_path / "loss.png") as png:
+        assert png.format == "PNG" and png.size[0] > 100
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    # 1797 // 256 = 7 steps per epoch, so the resumed part crosses into a new epoch.
+    args = ("--steps", "10", "--save-every", "3", "--batch-size", "256")
+    full = _run(tmp_path / "full", *args)
+
+    calls = 0
+
+    def killed_at_step_8(*a, **k):
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise KeyboardInterrupt("killed")
+        return dsm_loss(*a, **k)
+
+    monkeypatch.setattr(train_mod, "dsm_loss", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", *args)
+    assert ckpt.latest_checkpoint(tmp_path / "cut").name == "step-00000006"
+    monkeypatch.undo()
+    resumed = _run(tmp_path / "cut", *args, "--resume")
+
+    a, b = ckpt.read_checkpoint(full), ckpt.read_checkpoint(resumed)
+    assert a.step == b.step == 10 and a.ema_updates == b.ema_updates == 10
+    for key in a.model:
+        torch.testing.assert_close(b.model[key], a.model[key])
+        torch.testing.assert_close(b.ema[key], a.ema[key])
+    for key, state in a.optimizer["state"].items():
+        torch.testing.assert_close(b.optimizer["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
+    assert [s for s, _ in _losses(tmp_path / "cut")] == list(range(1, 11))
+    np.testing.assert_allclose([v for _, v in _losses(tmp_path / "cut")],
+                               [v for _, v in _losses(tmp_path / "full")], rtol=1e-5)
+
+
+def test_checkpoint_layout_and_load_model(tmp_path):
+    final = _run(tmp_path, "--steps", "6", "--save-every", "2")
+    assert [s for s, _ in ckpt.checkpoint_steps(tmp_path)] == [4, 6]  # the newest two are kept
+    assert sorted(p.name for p in final.iterdir()) == sorted(
+        ["model.safetensors", "ema.safetensors", "optim.pt", "state.json", "config.json"])
+    model, config = ckpt.load_model(tmp_path)
+    for key in ("preset", "channels", "embed_dim", "kernel_size", "padding", "activation", "in_channels",
+                "image_size", "sigma", "dataset"):
+        assert key in config
+    assert (config["dataset"], config["in_channels"], config["image_size"], config["sigma"]) == ("digits", 1, 8, 25.0)
+    assert config["channels"] == [8, 16] and not model.training
+    ema_weights = load_file(final / "ema.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ema_weights[key])
+    raw, _ = ckpt.load_model(final / "model.safetensors", ema=False)
+    assert any(not torch.equal(raw.state_dict()[k], v) for k, v in ema_weights.items())
+    with torch.no_grad():
+        assert model(torch.rand(3, 1, 8, 8), torch.rand(3)).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "state"])
+def test_corrupt_checkpoint_is_refused(tmp_path, damage):
+    final = _run(tmp_path, "--steps", "2", "--save-every", "2")
+    if damage == "flip":
+        data = bytearray((final / "model.safetensors").read_bytes())
+        data[-5] ^= 0x40  # one bit in the last weight
+        (final / "model.safetensors").write_bytes(bytes(data))
+    elif damage == "truncate":
+        data = (final / "ema.safetensors").read_bytes()
+        (final / "ema.safetensors").write_bytes(data[: len(data) // 2])
+    else:
+        (final / "state.json").write_text('{"step": 2, "ema_upd')
+    with pytest.raises(ckpt.CheckpointError, match="corrupted|cannot read"):
+        ckpt.load_model(final)
+    with pytest.raises(ckpt.CheckpointError):
+        _run(tmp_path, "--steps", "4", "--save-every", "2", "--resume")
+
+
+def test_mismatched_config_is_refused(tmp_path):
+    _run(tmp_path, "--steps", "2", "--save-every", "2")
+    with pytest.raises(ckpt.CheckpointError, match="channels: checkpoint \\[8, 16\\], now \\[8, 32\\]"):
+        _run(tmp_path, "--channels", "8,32", "--steps", "4", "--resume")
+    saved = ckpt.read_checkpoint(tmp_path)
+    other = ckpt.build_model({**saved.config, "embed_dim": 32})
+    with pytest.raises(ckpt.CheckpointError, match="do not fit the model"):
+        ckpt.load_weights(other, saved.model, saved.path)
+    with pytest.raises(FileExistsError, match="--resume"):
+        _run(tmp_path, "--steps", "4")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = 0
+
+    def nan_at_step_5(*a, **k):
+        nonlocal calls
+        calls += 1
+        loss = dsm_loss(*a, **k)
+        return loss * float("nan") if calls == 5 else loss
+
+    monkeypatch.setattr(train_mod, "dsm_loss", nan_at_step_5)
+    with pytest.raises(FloatingPointError, match="at step 5.*step-00000004"):
+        _run(tmp_path, "--steps", "8", "--save-every", "2")
+    good = ckpt.read_checkpoint(tmp_path)
+    assert good.step == 4 and all(torch.isfinite(v).all() for v in good.model.values())
+    assert [s for s, _ in _losses(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    _run(tmp_path, "--steps", "2", "--save-every", "2")
+    (tmp_path / "checkpoints" / ".tmp-killed").mkdir()  # as a run killed while saving leaves it
+
+    def disk_full(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _run(tmp_path, "--steps", "4", "--save-every", "2", "--resume")
+    monkeypatch.undo()
+    assert [s for s, _ in ckpt.checkpoint_steps(tmp_path)] == [2]
+    assert ckpt.read_checkpoint(tmp_path).step == 2
+    _run(tmp_path, "--steps", "4", "--save-every", "2", "--resume")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def test_bf16_autocast_trains(tmp_path):
+    _run(tmp_path, "--steps", "3", "--save-every", "3", "--bf16")
+    assert all(np.isfinite(v) for _, v in _losses(tmp_path))
+    assert ckpt.read_checkpoint(tmp_path).config["bf16"] is True
+
+
+def test_every_option_has_help_and_default():
+    parser = add_arguments(argparse.ArgumentParser())
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"steps", "batch_size", "lr", "ema_decay", "save_every", "out", "bf16",
+                                         "grad_clip", "seed", "resume", "data_dir", "download", "preset",
+                                         "image_size", "dataset"}
+    for action in options:
+        assert action.help and action.default is not argparse.SUPPRESS, action.dest
+    args = parser.parse_args([])
+    assert args.dataset == "digits" and args.sigma == 25.0 and args.ema_decay == 0.999
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        _run(tmp_path, "--steps", "0")
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        _run(tmp_path, "--batch-size", "5000", "--steps", "1")
+    with pytest.raises(ValueError, match="at least 17x17"):
+        main(["--dataset", "digits", "--preset", "tutorial", "--device", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="sigma"):
+        _run(tmp_path, "--sigma", "1")
+    for bad in (["--preset", "unet"], ["--activation", "relu"], ["--dataset", "imagenet"], ["--channels", "8,x"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.load_model(tmp_path / "empty")
