@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision.transforms.v2 import functional as TF
+import torch.nn.functional as F
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
 DEFAULT_IMAGE_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "folder": 32}
@@ -56,9 +56,10 @@ def load_images(name: str, data_dir: str | os.PathLike | None = None, image_size
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize, antialiased when shrinking (as torchvision's and Pillow's)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return TF.resize(images, [size, size], antialias=True).clamp_(0.0, 1.0)
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp_(0.0, 1.0)
 
 
 def _digits() -> torch.Tensor:
@@ -88,11 +89,12 @@ def _torchvision(name: str, root: Path, download: bool) -> torch.Tensor:
         pixels = pixels.unsqueeze(1)
     else:  # CIFAR-10: (N, H, W, C)
         pixels = pixels.permute(0, 3, 1, 2)
-    return TF.to_dtype(pixels.contiguous(), torch.float32, scale=True)
+    return pixels.float() / 255
 
 
 def _folder(root: Path, size: int) -> torch.Tensor:
     from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+    from torchvision.transforms.v2 import functional as TF
 
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root.resolve()} does not exist (--data-dir)")
