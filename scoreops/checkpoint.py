@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .models import ScoreNet
+from .sde import marginal_prob_std
 
 MODEL_FILE, EMA_FILE, OPTIM_FILE = "model.safetensors", "ema.safetensors", "optim.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"
@@ -201,8 +202,6 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 def build_model(config: dict) -> ScoreNet:
     """A freshly initialised ScoreNet as described by a checkpoint's ``config``."""
-    from .sde import marginal_prob_std
-
     try:
         options = {k: config[k] for k in MODEL_KEYS}
         sigma = float(config["sigma"])
