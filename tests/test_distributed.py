@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+import scoreops
 from scoreops import checkpoint as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
+# The workers import the same scoreops as this process (the source tree or the installed one).
+PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])
 
 
 def test_two_processes_keep_identical_weights_and_the_loss_falls(tmp_path):
@@ -20,7 +22,8 @@ def test_two_processes_keep_identical_weights_and_the_loss_falls(tmp_path):
            "-m", "scoreops.train", "--dataset", "digits", "--image-size", "8", "--preset", "digits",
            "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16", "--device", "cpu",
            "--steps", str(steps), "--save-every", "10", "--save-rank-weights", "--out", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
