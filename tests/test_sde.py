@@ -1,0 +1,96 @@
+"""scoreops.sde: the VE SDE's functions against their formulas, and the prior sample."""
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scoreops import noise, ops
+from scoreops.sde import PRIOR_LANE, VESDE, diffusion_coeff, diffusion_coeff_dt, marginal_prob_std, prior_sample
+
+
+def _times(n=257):
+    return torch.rand(n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sigma", [25.0, 2.5])
+def test_functions_match_their_formulas(sigma):
+    t = _times()
+    tn = t.numpy()
+    want_std = np.sqrt((sigma ** (2 * tn) - 1) / (2 * np.log(sigma)))
+    np.testing.assert_allclose(marginal_prob_std(t, sigma).numpy(), want_std, rtol=1e-12)
+    np.testing.assert_allclose(diffusion_coeff(t, sigma).numpy(), sigma**tn, rtol=1e-12)
+    np.testing.assert_allclose(diffusion_coeff_dt(t, sigma).numpy(), np.log(sigma) * sigma**tn, rtol=1e-12)
+
+
+def test_std_is_the_integral_of_g_squared():
+    """std(t)**2 = int_0^t g(s)**2 ds: the perturbation kernel of dx = g dw."""
+    t = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    g2 = diffusion_coeff(t) ** 2
+    integral = torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.cumulative_trapezoid(g2, t)])
+    torch.testing.assert_close(marginal_prob_std(t) ** 2, integral, rtol=1e-6, atol=1e-9)
+
+
+def test_time_derivative_matches_autograd():
+    t = _times().requires_grad_()
+    (dg,) = torch.autograd.grad(diffusion_coeff(t).sum(), t)
+    torch.testing.assert_close(diffusion_coeff_dt(t.detach()), dg)
+
+
+def test_tutorial_partial_and_vesde_agree():
+    t = _times().to(torch.float32)
+    sde = VESDE(7.0)
+    std_fn = functools.partial(marginal_prob_std, sigma=7.0)
+    g_fn = functools.partial(diffusion_coeff, sigma=7.0)
+    torch.testing.assert_close(std_fn(t), sde.marginal_prob_std(t))
+    torch.testing.assert_close(g_fn(t), sde.diffusion_coeff(t))
+    assert std_fn(t).dtype == torch.float32 and std_fn(t).shape == t.shape
+
+
+def test_float_input_gives_a_tensor():
+    out = marginal_prob_std(0.5)
+    assert isinstance(out, torch.Tensor) and out.dim() == 0
+    assert math.isclose(float(out), math.sqrt((25.0 - 1) / (2 * math.log(25.0))), rel_tol=1e-6)
+    assert float(marginal_prob_std(0.0)) == 0.0
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5, -3.0, float("nan"), float("inf"), "25", True])
+def test_bad_sigma(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        VESDE(sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        marginal_prob_std(0.5, sigma)
+
+
+def test_prior_sample_is_std1_times_the_stream(seed):
+    sde = VESDE(25.0)
+    x = sde.prior_sample(5, (3, 2, 7), seed=seed, device="cpu", backend="torch")
+    z = noise.philox_normal(seed, 0, PRIOR_LANE, 5, 42)
+    assert x.shape == (5, 3, 2, 7) and x.dtype == torch.float32
+    torch.testing.assert_close(x.reshape(5, -1), z * float(sde.marginal_prob_std(1.0)))
+
+
+def test_prior_sample_does_not_depend_on_the_batch(seed):
+    big = prior_sample(marginal_prob_std, 9, (2,), seed=seed, device="cpu")
+    small = prior_sample(marginal_prob_std, 4, (2,), seed=seed, device="cpu")
+    shard = prior_sample(marginal_prob_std, 5, (2,), seed=seed, sample_offset=4, device="cpu")
+    torch.testing.assert_close(big, torch.cat([small, shard]), rtol=0, atol=0)
+
+
+def test_prior_sample_statistics(seed):
+    x = prior_sample(marginal_prob_std, 20000, (2,), seed=seed, device="cpu").to(torch.float64)
+    std1 = float(marginal_prob_std(1.0))
+    # Mean and variance of 40000 normals, within 5 standard errors.
+    assert abs(x.mean()) < 5 * std1 / math.sqrt(x.numel())
+    assert abs(x.var() / std1**2 - 1) < 5 * math.sqrt(2 / x.numel())
+
+
+def test_prior_lane_is_free():
+    """The prior's lane is neither the predictor's nor any plausible corrector lane."""
+    assert PRIOR_LANE != noise.LANE_PREDICTOR
+    assert PRIOR_LANE > noise.corrector_lane(1000)
+    # and it reaches every backend as a non-negative int32
+    assert 0 < PRIOR_LANE < 2**31
+    assert ops.philox_normal(1, 4, seed=1, lane=PRIOR_LANE).shape == (1, 4)
