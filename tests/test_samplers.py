@@ -1,0 +1,339 @@
+"""The drop-in samplers: the mixture they must reproduce, the eager reference given the same
+noise, the noise stream's guarantees (backends, batch sizes, shards), the ODE against scipy,
+and bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import skip_unless_runnable
+from mixture import GaussianMixture2D
+from scipy.integrate._ivp.rk import RK45
+
+from scoreops import noise, reference, samplers
+from scoreops.sde import VESDE, diffusion_coeff, marginal_prob_std
+
+SDE = VESDE(25.0)
+MIXTURE = GaussianMixture2D(sigma=SDE.sigma)
+
+
+def gaussian_score(variance: float = 0.5):
+    """Exact noised score of data N(0, variance I) under the VE SDE, for any sample shape."""
+    def score(x, t):
+        var = variance + SDE.marginal_prob_std(t) ** 2
+        return (-x / var.reshape(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
+    return score
+
+
+# The tutorial's own functions, as it writes them: torch.tensor cuts the autograd graph.
+def tutorial_marginal_prob_std(t, sigma):
+    t = torch.tensor(t, device="cpu")
+    return torch.sqrt((sigma ** (2 * t) - 1.0) / 2.0 / np.log(sigma))
+
+
+def tutorial_diffusion_coeff(t, sigma):
+    return torch.tensor(sigma**t, device="cpu")
+
+
+def tutorial_functions(sigma=25.0):
+    return (lambda t: tutorial_marginal_prob_std(t, sigma)), (lambda t: tutorial_diffusion_coeff(t, sigma))
+
+
+# --------------------------------------------------------------------------- the mixture
+# 2000 samples pin the mode weights to +-0.05 (4.5 standard errors); 200 steps keep EM's
+# discretisation bias well inside that.
+N_SAMPLES, N_STEPS = 2000, 200
+MIXTURE_RUNS = {
+    "em": lambda seed: samplers.em_sample(MIXTURE, SDE, None, N_SAMPLES, N_STEPS, shape=(2,), seed=seed),
+    "milstein-ito": lambda seed: samplers.milstein_sample(MIXTURE, SDE, None, N_SAMPLES, N_STEPS, correction="ito",
+                                                          shape=(2,), seed=seed),
+    "pc-fixed": lambda seed: samplers.pc_sample(MIXTURE, SDE, None, N_SAMPLES, N_STEPS, shape=(2,), seed=seed),
+    "pc-sampled": lambda seed: samplers.pc_sample(MIXTURE, SDE, None, N_SAMPLES, N_STEPS, noise_norm="sampled",
+                                                  shape=(2,), seed=seed),
+    "pc-reverse-diffusion": lambda seed: samplers.pc_sample(MIXTURE, SDE, None, N_SAMPLES, N_STEPS,
+                                                            predictor="reverse_diffusion", shape=(2,), seed=seed),
+}
+
+
+@pytest.mark.parametrize("name", list(MIXTURE_RUNS))
+def test_sde_samplers_reproduce_the_mixture(name, seed):
+    x = MIXTURE_RUNS[name](seed)
+    assert x.shape == (N_SAMPLES, 2) and x.dtype == torch.float32
+    MIXTURE.check_samples(x, what=f"{name} (seed {seed})")
+
+
+def test_ode_sampler_reproduces_the_mixture_from_the_true_marginal(seed):
+    """Started from exact samples of the noised marginal at t = 1, the flow ends on the mixture."""
+    generator = torch.Generator().manual_seed(seed)
+    x = samplers.ode_sample(MIXTURE, SDE, z=MIXTURE.sample(4000, t=1.0, generator=generator))
+    MIXTURE.check_samples(x, what=f"ode (seed {seed})")
+
+
+def test_ode_sampler_keeps_the_prior_mismatch(seed):
+    """From the prior, the 0.3 mode loses 0.0056 of weight, as ode_sample's docstring states.
+
+    The flow is deterministic, so the weight that the prior N(0, std(1)**2 I) puts on the
+    preimage of mode 0 differs from the true marginal's by E_prior[1{mode 0} (1 - p1 / prior)].
+    Importance weights p1 / prior measure it on one set of samples, with a small standard error;
+    reweighted, the same samples must give the true weights.
+    """
+    n = 4000
+    z = SDE.prior_sample(n, (2,), seed=seed, device="cpu")
+    mode0 = (MIXTURE.assign(samplers.ode_sample(MIXTURE, SDE, z=z)) == 0).to(torch.float64)
+    std1 = float(SDE.marginal_prob_std(1.0))
+    log_prior = -0.5 * (z.to(torch.float64) ** 2).sum(1) / std1**2 - math.log(2 * math.pi * std1**2)
+    ratio = (MIXTURE.log_prob(z, torch.ones(n)) - log_prior).exp()
+    shift = mode0 * (1 - ratio)
+    se = float(shift.std()) / math.sqrt(n) + 0.0002  # plus the stated figure's own error (n = 120000)
+    assert abs(float(shift.mean()) - (-0.0056)) < 4.5 * se, f"weight shift {float(shift.mean()):.5f} (seed {seed})"
+    w0 = float((mode0 * ratio).mean())
+    assert abs(w0 - 0.3) < 4.5 * float((mode0 * ratio).std()) / math.sqrt(n), f"reweighted w0 {w0:.4f}"
+
+
+def test_time_correction_moves_the_mode_weights(seed):
+    """The paper's correction="time" is biased: at 500 steps the 0.3 / 0.7 mixture comes out
+    0.374 / 0.626, as milstein_sample's docstring states."""
+    x = samplers.milstein_sample(MIXTURE, SDE, None, N_SAMPLES, 500, shape=(2,), seed=seed)
+    w0 = float(MIXTURE.statistics(x)[0][0])
+    se = math.sqrt(0.374 * 0.626 / N_SAMPLES) + 0.0024  # plus the stated figure's own error (n = 40000)
+    assert abs(w0 - 0.374) < 4.5 * se, f"mode-0 weight {w0:.4f} (seed {seed})"
+
+
+# --------------------------------------------------------------------------- against the eager reference
+def stream_noise(seed):
+    """The reference samplers' noise hook, drawing the fused samplers' stream."""
+    def draw(x, step, lane):
+        return noise.philox_normal(seed, step, lane, x.shape[0], x[0].numel()).reshape(x.shape)
+    return draw
+
+
+SHAPE, BATCH, STEPS = (2, 3), 5, 12
+
+
+def _start(seed):
+    return SDE.prior_sample(BATCH, SHAPE, seed=seed, device="cpu")
+
+
+@pytest.mark.parametrize("correction", ["time", "ito"])
+def test_em_and_milstein_match_the_reference(correction, seed):
+    model = gaussian_score()
+    x_T = _start(seed)
+    want_em = reference.em_sampler(model, marginal_prob_std, diffusion_coeff, num_steps=STEPS, device="cpu",
+                                   x_T=x_T, noise=stream_noise(seed))
+    got_em = samplers.em_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+    torch.testing.assert_close(got_em, want_em)
+    # The reference takes dg/dt by autograd on the free function; the fused sampler in closed form.
+    want = reference.milstein_sampler(model, marginal_prob_std, diffusion_coeff, num_steps=STEPS, device="cpu",
+                                      correction=correction, x_T=x_T, noise=stream_noise(seed))
+    got = samplers.milstein_sample(model, SDE, None, BATCH, STEPS, correction=correction, shape=SHAPE, seed=seed)
+    torch.testing.assert_close(got, want)
+    if correction == "time":
+        assert not torch.allclose(got, got_em)
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
+def test_time_correction_with_plain_functions(seed):
+    """dg/dt by autograd (free functions) and by central differences (the tutorial's, which cut
+    the graph) give the closed-form result."""
+    model = gaussian_score()
+    want = samplers.milstein_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+    for std_fn, g_fn in [(marginal_prob_std, diffusion_coeff), tutorial_functions()]:
+        got = samplers.milstein_sample(model, std_fn, g_fn, BATCH, STEPS, shape=SHAPE, seed=seed)
+        torch.testing.assert_close(got, want)
+
+
+def test_ito_correction_equals_em(seed):
+    model = gaussian_score()
+    em = samplers.em_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+    ito = samplers.milstein_sample(model, SDE, None, BATCH, STEPS, correction="ito", shape=SHAPE, seed=seed)
+    assert torch.equal(em, ito)
+
+
+@pytest.mark.parametrize("noise_norm", ["fixed", "sampled"])
+def test_pc_matches_the_reference(noise_norm, seed):
+    model = gaussian_score()
+    want = reference.pc_sampler(model, SDE, None, num_steps=STEPS, device="cpu", noise_norm=noise_norm,
+                                x_T=_start(seed), noise=stream_noise(seed))
+    got = samplers.pc_sample(model, SDE, None, BATCH, STEPS, noise_norm=noise_norm, shape=SHAPE, seed=seed)
+    torch.testing.assert_close(got, want)
+
+
+def test_reverse_diffusion_predictor_is_the_ancestral_step(seed):
+    """With no corrector: x <- x + G**2 s + G z, G**2 = std(t)**2 - std(t - dt)**2, mean at the end."""
+    model = gaussian_score()
+    x = _start(seed)
+    ts = torch.linspace(1.0, 1e-3, STEPS)
+    dt = float(ts[0] - ts[1])
+    draw = stream_noise(seed)
+    for k, t in enumerate(ts.tolist()):
+        var = SDE.marginal_prob_std(t) ** 2 - SDE.marginal_prob_std(max(t - dt, 0.0)) ** 2
+        x = x + var * model(x, torch.full((BATCH,), t)) + (var.sqrt() * draw(x, k, 0) if k < STEPS - 1 else 0)
+    got = samplers.pc_sample(model, SDE, None, BATCH, STEPS, corrector_steps=0, predictor="reverse_diffusion",
+                             shape=SHAPE, seed=seed)
+    torch.testing.assert_close(got, x)
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
+def test_tutorial_functions_are_accepted(seed):
+    model = gaussian_score()
+    std_fn, g_fn = tutorial_functions()
+    for sample in (samplers.em_sample, samplers.pc_sample):
+        want = sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+        torch.testing.assert_close(sample(model, std_fn, g_fn, BATCH, STEPS, shape=SHAPE, seed=seed), want)
+
+
+# --------------------------------------------------------------------------- the noise stream's guarantees
+SDE_SAMPLERS = {
+    "em": samplers.em_sample,
+    "milstein": samplers.milstein_sample,
+    "pc": lambda *a, **k: samplers.pc_sample(*a, per_sample=True, **k),
+}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("name", list(SDE_SAMPLERS))
+def test_same_samples_on_every_backend(name, backend, seed):
+    skip_unless_runnable(backend, "cpu")
+    model = gaussian_score()
+    want = SDE_SAMPLERS[name](model, SDE, None, 3, 6, shape=SHAPE, seed=seed, backend="torch")
+    got = SDE_SAMPLERS[name](model, SDE, None, 3, 6, shape=SHAPE, seed=seed, backend=backend)
+    torch.testing.assert_close(got, want)
+
+
+def test_same_ode_samples_on_every_backend(seed):
+    skip_unless_runnable("cpu", "cpu")
+    x_T = _start(seed)
+    want = samplers.ode_sample(gaussian_score(), SDE, z=x_T, backend="torch", full_output=True)
+    got = samplers.ode_sample(gaussian_score(), SDE, z=x_T, backend="cpu", full_output=True)
+    assert got.nfe == want.nfe
+    torch.testing.assert_close(got.samples, want.samples)
+
+
+@pytest.mark.parametrize("name", list(SDE_SAMPLERS))
+def test_a_sample_does_not_depend_on_its_batch(name, seed):
+    model = gaussian_score()
+    run = SDE_SAMPLERS[name]
+    full = run(model, SDE, None, 7, STEPS, shape=SHAPE, seed=seed)
+    head = run(model, SDE, None, 3, STEPS, shape=SHAPE, seed=seed)
+    tail = run(model, SDE, None, 4, STEPS, shape=SHAPE, seed=seed, sample_offset=3)
+    torch.testing.assert_close(torch.cat([head, tail]), full)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    model = gaussian_score()
+    torch.manual_seed(1234)
+    first = samplers.em_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE)
+    torch.manual_seed(1234)
+    again = samplers.em_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE)
+    other = samplers.em_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_defaults_are_the_tutorials():
+    """device=None is the CPU here; the default sample shape is MNIST's."""
+    x = samplers.em_sample(gaussian_score(), SDE, batch_size=2, num_steps=2, seed=0)
+    assert x.shape == (2, 1, 28, 28) and x.device.type == "cpu"
+
+
+def test_x_T_sets_batch_shape_and_dtype(seed):
+    x_T = _start(seed).to(torch.bfloat16)
+    x = samplers.em_sample(gaussian_score(), SDE, None, 99, STEPS, shape=(9,), x_T=x_T, seed=seed)
+    assert x.shape == x_T.shape and x.dtype == torch.bfloat16
+
+
+def test_non_finite_samples_name_the_step(seed):
+    def model(x, t):
+        s = gaussian_score()(x, t)
+        return torch.where(t.reshape(-1, 1, 1) < 0.5, torch.nan, s)
+    first_bad = int((torch.linspace(1.0, 1e-3, STEPS) < 0.5).nonzero()[0])
+    with pytest.raises(RuntimeError, match=f"pc_sample: the samples contain NaN or Inf; first at step {first_bad} "):
+        samplers.pc_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+    with pytest.raises(RuntimeError, match="ode_sample: the score or the state became NaN"):
+        samplers.ode_sample(model, SDE, None, BATCH, shape=SHAPE, seed=seed)
+
+
+# --------------------------------------------------------------------------- the ODE against scipy
+def test_dormand_prince_tableau_is_scipys():
+    np.testing.assert_allclose(samplers.DP_C, RK45.C, rtol=1e-15)
+    np.testing.assert_allclose(samplers.DP_B, RK45.B, rtol=1e-15)
+    np.testing.assert_allclose(samplers.DP_E, RK45.E, rtol=1e-15)
+    for i, row in enumerate(samplers.DP_A):
+        np.testing.assert_allclose(row, RK45.A[i, :i], rtol=1e-15)
+
+
+def test_ode_nfe_and_result_match_solve_ivp(seed):
+    z = MIXTURE.sample(16, t=1.0, generator=torch.Generator().manual_seed(seed))
+    want = reference.ode_sampler(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, device="cpu", z=z, full_output=True)
+    got = samplers.ode_sample(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, z=z, full_output=True)
+    assert isinstance(got, samplers.ODEResult) and got.samples.shape == z.shape
+    # Same method and step control; float32 against float64 rounding may flip one accept/reject.
+    assert abs(got.nfe - want.nfe) <= 6, (got, want.nfe)
+    assert got.nfe == 2 + 6 * (got.n_accepted + got.n_rejected)
+    # Both solutions are within their tolerances of the true flow; they differ by about as much.
+    torch.testing.assert_close(got.samples, want.samples.float(), rtol=1e-3, atol=1e-3)
+
+
+def test_ode_returns_the_samples_by_default(seed):
+    x_T = _start(seed)
+    x = samplers.ode_sample(gaussian_score(), SDE, z=x_T)
+    assert isinstance(x, torch.Tensor) and x.shape == x_T.shape
+    # Data N(0, 0.5 I): the flow maps x(1) to x(1) * sqrt(0.5 / (0.5 + std(1)**2)).
+    torch.testing.assert_close(x, x_T * math.sqrt(0.5 / (0.5 + SDE.marginal_prob_std(1.0) ** 2)),
+                               rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- bad input
+def _em(**kw):
+    args = dict(score_model=gaussian_score(), marginal_prob_std=SDE, batch_size=2, num_steps=3, shape=SHAPE, seed=0)
+    return samplers.em_sample(**{**args, **kw})
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(num_steps=1), ValueError, "num_steps"),
+    (dict(num_steps=2.5), ValueError, "num_steps"),
+    (dict(eps=0.0), ValueError, "eps"),
+    (dict(eps=1.0), ValueError, "eps"),
+    (dict(eps=float("nan")), ValueError, "eps"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(shape=(3, 0)), ValueError, "shape"),
+    (dict(shape=5), TypeError, "shape"),
+    (dict(sample_offset=-1), ValueError, "sample_offset"),
+    (dict(cuda_graph=True), ValueError, "cuda_graph"),
+    (dict(cuda_graph="yes"), ValueError, "cuda_graph"),
+    (dict(backend="numpy"), ValueError, "backend"),
+    (dict(diffusion_coeff=diffusion_coeff), ValueError, "VESDE"),
+    (dict(marginal_prob_std=25.0), TypeError, "marginal_prob_std"),
+    (dict(x_T=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "x_T"),
+    (dict(score_model=lambda x, t: x[:, :1]), ValueError, "score_model returned shape"),
+    (dict(score_model=lambda x, t: x.double()), TypeError, "score_model returned torch.float64"),
+    (dict(score_model=lambda x, t: x.tolist()), TypeError, "score_model must return a tensor"),
+    (dict(score_model=lambda x, t: torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3)), shape=(2,)), ValueError,
+     "does shape match the model"),
+])
+def test_bad_sde_sampler_input(kw, error, match):
+    with pytest.raises(error, match=match):
+        _em(**kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(snr=0.0), "snr"), (dict(snr=-0.16), "snr"), (dict(snr=float("nan")), "snr"),
+    (dict(noise_norm="l2"), "noise_norm"), (dict(predictor="heun"), "predictor"),
+    (dict(correction="space"), "correction"), (dict(corrector_steps=-1), "corrector_steps"),
+])
+def test_bad_pc_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        samplers.pc_sample(gaussian_score(), SDE, None, 2, 3, shape=SHAPE, seed=0, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(atol=0.0), "atol"), (dict(rtol=-1e-5), "rtol"), (dict(atol=float("inf")), "atol"), (dict(eps=2.0), "eps"),
+])
+def test_bad_ode_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        samplers.ode_sample(gaussian_score(), SDE, None, 2, shape=SHAPE, seed=0, **kw)
+
+
+def test_bad_milstein_correction():
+    with pytest.raises(ValueError, match="correction"):
+        samplers.milstein_sample(gaussian_score(), SDE, None, 2, 3, correction="x", shape=SHAPE, seed=0)
