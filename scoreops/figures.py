@@ -1,0 +1,228 @@
+"""The seed paper's figures (``scoreops figures``), drawn for any trained ScoreNet.
+
+=====================================  ==========================================================
+``fig1_forward_diffusion.png``         one training image drifting to noise as t goes 0 -> 1
+``fig2_milstein_samples.png``          64 random samples of the Milstein sampler (8x8 grids),
+                                       after different amounts of sampling (step counts)
+``fig3_interpolation.png``             rows of spherical interpolations between two prior
+                                       noises, each decoded by the probability-flow ODE
+``fig4_samplers.png``                  PC, EM, ODE and Milstein side by side, from one seed
+``fig5_loss.png``                      the training loss of one or more runs, side by side
+=====================================  ==========================================================
+
+Images are clamped to the data range [0, 1] for display. Figures are drawn on
+:class:`matplotlib.figure.Figure` directly, so no pyplot state or display is needed.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+from .compare import SAMPLERS, draw_samples
+from .sde import VESDE, prior_sample
+
+#: Sampler names as the figures print them.
+TITLES = {"pc": "PC", "em": "EM", "ode": "ODE", "milstein": "Milstein"}
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: int = 64) -> Path:
+    """Save ``images`` (N, C, H, W) as a PNG grid of ``nrow`` columns, clamped to [0, 1].
+
+    Tiles smaller than ``min_tile`` pixels are enlarged by an integer factor (nearest neighbour),
+    so that 8x8 or 16x16 images stay legible; the saved tensors keep their true size.
+    """
+    grid = make_grid(images.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
+    scale = max(1, math.ceil(min_tile / images.shape[-1]))
+    grid = F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    save_image(grid, path)
+    return Path(path)
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """Draw one (C, H, W) image in [0, 1] on ``ax``, grey for one channel, without ticks."""
+    image = image.detach().float().cpu().clamp(0.0, 1.0)
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=tuple(np.linspace(0.0, 1.0, 9)),
+                             seed: int = 0) -> Figure:
+    """Figure 1: ``x(t) = x(0) + std(t) z`` for one image at each of ``times``, with one fixed z.
+
+    Args:
+        image: x(0), (C, H, W) in [0, 1].
+        sde: gives ``std(t)``.
+        times: the times shown, in [0, 1].
+        seed: seeds z.
+    """
+    z = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
+    fig = Figure(figsize=(1.4 * len(times), 1.9), layout="constrained")
+    for ax, t in zip(fig.subplots(1, len(times)), times):
+        std = float(sde.marginal_prob_std(torch.tensor(float(t), dtype=torch.float64)))
+        _show(ax, image.cpu() + std * z)
+        ax.set_title(f"t = {t:.3g}\nstd = {std:.2g}", fontsize=9)
+    fig.suptitle("Forward diffusion: an image drifting to the prior")
+    return fig
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between the rows of z0 and z1 (B, ...) at ``weights`` (K,) in [0, 1].
+
+    Prior noise lives near a sphere of radius ``std(1) sqrt(d)``; a straight line between two
+    such points passes well inside it (its midpoint has about 1/sqrt(2) of the norm), where the
+    model sees atypical inputs, while the great circle stays on it.
+
+    Returns:
+        (B, K, ...): row b, column k is the point at ``weights[k]`` from ``z0[b]`` to ``z1[b]``.
+    """
+    a, b = z0.flatten(1).double(), z1.flatten(1).double()
+    cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1.0, 1.0)
+    angle = torch.acos(cos)[:, None]                                  # (B, 1, 1)
+    w = weights.double().to(a.device)[None, :, None]                  # (1, K, 1)
+    sin = torch.sin(angle)
+    small = sin.abs() < 1e-6  # nearly parallel: the line and the circle agree
+    c0 = torch.where(small, 1 - w, torch.sin((1 - w) * angle) / torch.where(small, 1.0, sin))
+    c1 = torch.where(small, w, torch.sin(w * angle) / torch.where(small, 1.0, sin))
+    out = c0 * a[:, None] + c1 * b[:, None]
+    return out.to(z0.dtype).reshape(z0.shape[0], len(weights), *z0.shape[1:])
+
+
+def interpolation_images(model, sde: VESDE, shape, *, rows: int = 4, columns: int = 8, tol: float = 1e-5,
+                         seed: int = 0, device: torch.device | str = "cpu", backend: str = "auto",
+                         progress: bool = False) -> torch.Tensor:
+    """Figure 3's images: ``rows`` pairs of prior noises, each joined by ``columns`` slerp points
+    (ends included) and decoded by the deterministic probability-flow ODE sampler.
+
+    Returns:
+        (rows * columns, C, H, W), row-major.
+    """
+    if rows < 1 or columns < 2:
+        raise ValueError(f"need rows >= 1 and columns >= 2, got {rows} and {columns}")
+    ends = prior_sample(sde.marginal_prob_std, 2 * rows, shape, seed=seed, device=device, backend=backend)
+    path = slerp(ends[:rows], ends[rows:], torch.linspace(0.0, 1.0, columns))
+    run = draw_samples("ode", model, sde, shape, tol=tol, x_T=path.reshape(rows * columns, *shape), device=device,
+                       backend=backend, progress=progress)
+    return run.samples
+
+
+def runs_figure(runs, title: str, nrow: int = 8) -> Figure:
+    """Sample grids side by side, one panel per :class:`scoreops.compare.SampleRun`, each titled
+    with its sampler, setting and nfe (Figures 2 and 4).
+
+    Args:
+        runs: the runs, in display order.
+        title: the figure's title.
+        nrow: images per row of each panel.
+    """
+    fig = Figure(figsize=(3.2 * len(runs), 3.6), layout="constrained")
+    for ax, run in zip(np.atleast_1d(fig.subplots(1, len(runs))), runs):
+        grid = make_grid(run.samples.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
+        _show(ax, grid)
+        setting = f"{run.steps} steps" if run.steps is not None else f"tol {run.tol:g}"
+        ax.set_title(f"{TITLES[run.sampler]}\n{setting}, {run.nfe} nfe", fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def read_loss(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) of a training run, from its ``loss.csv`` (written by ``scoreops train``)."""
+    path = Path(run_dir) / "loss.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training loss log {path} (scoreops train writes loss.csv in its --out folder)")
+    with open(path, newline="") as f:
+        try:
+            rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a step,loss table: {e!r}") from e
+    if not rows:
+        raise ValueError(f"{path} holds no loss values")
+    steps, losses = zip(*rows)
+    return np.array(steps), np.array(losses)
+
+
+def loss_figure(curves: dict) -> Figure:
+    """Figures 5-6: one panel per run, side by side on a shared log axis: the per-step loss and
+    its moving average over 1/50 of the run.
+
+    Args:
+        curves: panel title -> (steps, losses), as :func:`read_loss` returns them.
+    """
+    fig = Figure(figsize=(4.5 * len(curves), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
+    for ax, (title, (steps, losses)) in zip(axes, curves.items()):
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="per step")
+        window = max(1, len(losses) // 50)
+        if window > 1:
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"mean of {window} steps")
+        ax.set(xlabel="step", yscale="log", title=title)
+        ax.legend()
+    axes[0].set_ylabel("denoising score-matching loss")
+    return fig
+
+
+def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Path, *, loss_runs=(),
+                 steps: int = 500, milstein_steps=(500, 2000), tol: float = 1e-5, samplers_shown: int = 16,
+                 seed: int = 0, device: torch.device | str = "cpu", backend: str = "auto",
+                 progress: bool = True) -> list[Path]:
+    """Draw all five figures into ``out_dir``.
+
+    Args:
+        model: the trained score model; ``sde`` its SDE.
+        data_images: training images (N, C, H, W) in [0, 1]; Figure 1 shows one of them.
+        loss_runs: run folders (holding ``loss.csv``) for Figure 5; none skips it.
+        steps: steps of the SDE samplers in Figure 4; ``tol`` the ODE's tolerance.
+        milstein_steps: the step counts of Figure 2's panels. The paper's Milstein correction
+            adds noise of order ``g g' dt``, so its samples need more steps than EM's to be clean.
+        samplers_shown: samples per sampler in Figure 4.
+        seed: seeds the data image, the noise and every sampler.
+        device, backend: where and how to sample.
+        progress: show a tqdm bar over the figures.
+
+    Returns:
+        The paths written.
+    """
+    out = Path(out_dir)
+    shape = tuple(data_images.shape[1:])
+    sample = dict(seed=seed, device=device, backend=backend)
+    paths = []
+    with tqdm(total=4 + bool(loss_runs), desc="figures", unit="fig", disable=not progress) as bar:
+        index = int(torch.randint(len(data_images), (), generator=torch.Generator().manual_seed(seed)))
+        paths.append(_save(forward_diffusion_figure(data_images[index], sde, seed=seed),
+                           out / "fig1_forward_diffusion.png"))
+        bar.update()
+        milstein = [draw_samples("milstein", model, sde, shape, num_samples=64, steps=n, **sample)
+                    for n in milstein_steps]
+        paths.append(_save(runs_figure(milstein, "64 samples of the Milstein sampler"),
+                           out / "fig2_milstein_samples.png"))
+        bar.update()
+        paths.append(save_grid(interpolation_images(model, sde, shape, tol=tol, **sample),
+                               out / "fig3_interpolation.png"))
+        bar.update()
+        runs = [draw_samples(name, model, sde, shape, num_samples=samplers_shown, steps=steps, tol=tol, **sample)
+                for name in SAMPLERS]
+        paths.append(_save(runs_figure(runs, "One model, four samplers, one seed",
+                                       nrow=math.ceil(math.sqrt(samplers_shown))), out / "fig4_samplers.png"))
+        bar.update()
+        if loss_runs:
+            curves = {Path(run).name: read_loss(run) for run in loss_runs}
+            paths.append(_save(loss_figure(curves), out / "fig5_loss.png"))
+            bar.update()
+    return paths
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    return path

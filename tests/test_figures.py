@@ -1,0 +1,129 @@
+"""The figures' building blocks: grids, slerp, the forward-diffusion strip, ODE interpolation, loss curves."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scoreops import figures
+from scoreops.compare import draw_samples
+from scoreops.sde import VESDE, prior_sample
+
+SDE = VESDE(25.0)
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return torch.acos((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).clamp(0, math.pi)
+
+
+def test_save_grid_tiles_are_the_images_enlarged(tmp_path):
+    images = torch.rand(5, 3, 8, 8) * 1.4 - 0.2  # some values outside [0, 1]
+    path = figures.save_grid(images, tmp_path / "grid.png", nrow=3)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    scale = 8  # 8-pixel images are enlarged to 64
+    assert pixels.shape == ((2 * 9 + 1) * scale, (3 * 9 + 1) * scale, 3)
+    expected = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(5):
+        row, col = divmod(i, 3)
+        top, left = (1 + 9 * row) * scale, (1 + 9 * col) * scale
+        tile = pixels[top:top + 8 * scale:scale, left:left + 8 * scale:scale]
+        np.testing.assert_array_equal(tile, expected[i])
+
+
+def test_slerp_follows_the_great_circle(seed):
+    generator = torch.Generator().manual_seed(seed & 0xFFFFFFFF)
+    z0, z1 = torch.randn(3, 1, 6, 6, generator=generator), torch.randn(3, 1, 6, 6, generator=generator)
+    z1 = z1 * (z0.flatten(1).norm(dim=1) / z1.flatten(1).norm(dim=1)).view(3, 1, 1, 1)  # equal norms
+    weights = torch.rand(7, generator=generator)
+    path = figures.slerp(z0, z1, torch.cat([torch.tensor([0.0, 1.0]), weights]))
+    assert path.shape == (3, 9, 1, 6, 6)
+    torch.testing.assert_close(path[:, 0], z0)
+    torch.testing.assert_close(path[:, 1], z1)
+    total = angle(z0, z1)
+    for k, w in enumerate(weights.tolist(), start=2):
+        # Same norm as the ends, at a fraction w of the angle from z0 and 1 - w from z1.
+        torch.testing.assert_close(path[:, k].flatten(1).norm(dim=1), z0.flatten(1).norm(dim=1))
+        torch.testing.assert_close(angle(z0, path[:, k]), w * total, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(angle(path[:, k], z1), (1 - w) * total, atol=1e-5, rtol=1e-5)
+
+
+def test_slerp_of_parallel_ends_is_the_straight_line():
+    z0 = torch.randn(2, 10)
+    path = figures.slerp(z0, 3 * z0, torch.tensor([0.0, 0.25, 1.0]))
+    assert torch.isfinite(path).all()
+    torch.testing.assert_close(path[:, 1], 1.5 * z0)
+
+
+def test_forward_diffusion_strip_goes_from_the_image_to_noise():
+    image = torch.rand(1, 12, 12)
+    times = (0.0, 0.5, 1.0)
+    fig = figures.forward_diffusion_figure(image, SDE, times)
+    axes = fig.axes
+    assert len(axes) == 3
+    np.testing.assert_allclose(axes[0].images[0].get_array(), image[0].numpy(), rtol=0, atol=1e-6)
+    # std(1) = sqrt((25**2 - 1) / (2 ln 25)) ~ 9.84: nearly every pixel of x(1) is clipped to 0 or 1.
+    std1 = math.sqrt((25.0**2 - 1) / (2 * math.log(25.0)))
+    assert f"{std1:.2g}" in axes[2].get_title()
+    last = np.asarray(axes[2].images[0].get_array())
+    assert np.mean((last == 0) | (last == 1)) > 0.8
+
+
+class GaussianScore(torch.nn.Module):
+    """Exact score of data N(0, s0**2 I) noised by the VE SDE: -x / (s0**2 + std(t)**2)."""
+
+    def __init__(self, s0: float):
+        super().__init__()
+        self.s0 = s0
+
+    def forward(self, x, t):
+        var = self.s0**2 + SDE.marginal_prob_std(t) ** 2
+        return -x / var.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+def test_interpolation_decodes_the_slerp_path_with_the_ode(seed):
+    # For Gaussian data the probability-flow ODE is linear: x(eps) = x(1) * sqrt(v(eps) / v(1)),
+    # v(t) = s0**2 + std(t)**2, so each decoded image is the slerp point scaled by that factor.
+    seed &= 2**63 - 1
+    s0, eps, shape = 0.7, 1e-3, (1, 5, 5)
+    images = figures.interpolation_images(GaussianScore(s0), SDE, shape, rows=2, columns=5, tol=1e-7, seed=seed)
+    assert images.shape == (10, *shape)
+    ends = prior_sample(SDE.marginal_prob_std, 4, shape, seed=seed, device="cpu")
+    path = figures.slerp(ends[:2], ends[2:], torch.linspace(0, 1, 5)).reshape(10, *shape)
+    var = lambda t: s0**2 + float(SDE.marginal_prob_std(torch.tensor(t, dtype=torch.float64))) ** 2  # noqa: E731
+    torch.testing.assert_close(images, path * math.sqrt(var(eps) / var(1.0)), rtol=1e-4, atol=1e-5)
+
+
+def test_runs_figure_titles_name_sampler_setting_and_nfe():
+    model = GaussianScore(0.5)
+    runs = [draw_samples("em", model, SDE, (1, 4, 4), num_samples=4, steps=3),
+            draw_samples("ode", model, SDE, (1, 4, 4), num_samples=4, tol=1e-3)]
+    fig = figures.runs_figure(runs, "title", nrow=2)
+    assert [ax.get_title() for ax in fig.axes] == ["EM\n3 steps, 3 nfe", f"ODE\ntol 0.001, {runs[1].nfe} nfe"]
+
+
+def test_loss_curves_are_read_and_drawn_per_run(tmp_path):
+    runs = []
+    for name, n in (("run-a", 120), ("run-b", 7)):
+        (tmp_path / name).mkdir()
+        losses = np.exp(-np.arange(n) / 50) + 1
+        (tmp_path / name / "loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{float(v)!r}\n" for i, v in
+                                                                        enumerate(losses)))
+        runs.append(tmp_path / name)
+    steps, losses = figures.read_loss(runs[0])
+    np.testing.assert_array_equal(steps, np.arange(1, 121))
+    np.testing.assert_allclose(losses, np.exp(-np.arange(120) / 50) + 1)
+    fig = figures.loss_figure({run.name: figures.read_loss(run) for run in runs})
+    assert [ax.get_title() for ax in fig.axes] == ["run-a", "run-b"]
+    # run-a: the raw curve and a moving average over 120 // 50 = 2 steps; run-b is too short to smooth.
+    assert [len(ax.lines) for ax in fig.axes] == [2, 1]
+    np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), (losses[1:] + losses[:-1]) / 2)
+
+
+def test_read_loss_without_a_valid_log_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="loss.csv"):
+        figures.read_loss(tmp_path)
+    (tmp_path / "loss.csv").write_text("step,loss\n1,nope\n")
+    with pytest.raises(ValueError, match="loss.csv"):
+        figures.read_loss(tmp_path)
