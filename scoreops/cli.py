@@ -1,0 +1,418 @@
+"""The ``scoreops`` command line: ``train``, ``sample``, ``figures``, ``compare``, ``bench`` and ``demo``.
+
+Every subcommand writes into one output folder (``--out``), shows progress bars for long work
+and prints the folder when it is done. Expected failures (a missing checkpoint or data set, an
+output folder that cannot be written, a bad option) end with one line on stderr,
+``scoreops: error: <message>``, and exit code 2; ``scoreops --debug ...`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+DEMO_TRAIN_STEPS = 2500
+# Errors a user can cause; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, ArithmeticError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``<prog>: error: <message>``, with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 100,500, got {text!r}") from None
+    if min(values) < 2:
+        raise argparse.ArgumentTypeError(f"step counts must be at least 2, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,1e-5, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"tolerances must be positive, got {text!r}")
+    return values
+
+
+def _sampler_list(text: str) -> list[str]:
+    from .compare import SAMPLERS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown sampler(s) {unknown or text!r}; choose from {','.join(SAMPLERS)}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- shared helpers
+def output_folder(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that a file can be written in it; raise OSError if not."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
+    return out.resolve()
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load(checkpoint: str, raw_weights: bool, device: torch.device):
+    """(model, config, sde, sample shape) of a checkpoint or run folder."""
+    from .checkpoint import load_model
+    from .sde import VESDE
+
+    model, config = load_model(checkpoint, ema=not raw_weights, device=device)
+    return model, config, VESDE(float(config["sigma"])), (config["in_channels"], config["image_size"],
+                                                          config["image_size"])
+
+
+def _data_images(config: dict, data_dir: str | None) -> torch.Tensor:
+    """The training images of the run described by a checkpoint's ``config``."""
+    from .data import load_images
+
+    return load_images(config["dataset"], data_dir or config.get("data_dir"), config["image_size"])
+
+
+def _run_folder(checkpoint: str) -> Path:
+    """The run folder (holding ``loss.csv``) of a checkpoint folder or run folder."""
+    from .checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint).parent.parent
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder written by `scoreops train` (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--raw-weights", action="store_true", help="use the trained weights instead of their EMA")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "cuda", "triton"),
+                   help="op backend of the samplers' fused steps (default: %(default)s, the fastest built)")
+    p.add_argument("--seed", type=int, default=0, help="noise-stream seed; one seed gives every sampler "
+                                                       "the same x(1) (default: %(default)s)")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, default=500,
+                   help="steps of the SDE samplers (EM, Milstein, PC) (default: %(default)s)")
+    p.add_argument("--tol", type=_positive_float, default=1e-5,
+                   help="absolute and relative tolerance of the adaptive ODE sampler (default: %(default)s)")
+
+
+def _add_figure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--milstein-steps", type=_int_list, default=[500, 2000],
+                   help="comma list of step counts for the Milstein panels of figure 2 (default: 500,2000)")
+
+
+# --------------------------------------------------------------------------- subcommands
+def write_samples(run, out: Path, info: dict) -> list[Path]:
+    """Save a :class:`~scoreops.compare.SampleRun` as ``samples-<label>.png`` (a grid of 8 columns)
+    and ``samples-<label>.safetensors`` (key ``samples``: the raw (N, C, H, W) float32 tensor,
+    not clamped; the settings as metadata)."""
+    from safetensors.torch import save_file
+
+    from .figures import save_grid
+
+    png = save_grid(run.samples, out / f"samples-{run.label}.png")
+    metadata = {**{k: str(v) for k, v in info.items()}, "sampler": run.sampler, "steps": str(run.steps),
+                "tol": str(run.tol), "nfe": str(run.nfe), "seconds": f"{run.seconds:.3f}"}
+    tensors = out / f"samples-{run.label}.safetensors"
+    save_file({"samples": run.samples.detach().float().cpu().contiguous()}, str(tensors), metadata=metadata)
+    return [png, tensors]
+
+
+def cmd_train(args: argparse.Namespace) -> Path:
+    from . import train
+
+    out = output_folder(args.out)
+    train.train(train.config_from_args(args))
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> Path:
+    from .compare import draw_samples
+
+    device = _device(args.device)
+    model, _, sde, shape = _load(args.checkpoint, args.raw_weights, device)
+    out = output_folder(args.out)
+    run = draw_samples(args.sampler, model, sde, shape, num_samples=args.num_samples, steps=args.steps, tol=args.tol,
+                       snr=args.snr, correction=args.correction, seed=args.seed, device=device, backend=args.backend,
+                       progress=True)
+    write_samples(run, out, {"checkpoint": args.checkpoint, "seed": args.seed})
+    print(f"{run.sampler}: {len(run.samples)} samples, {run.nfe} score evaluations, {run.seconds:.1f} s")
+    return out
+
+
+def cmd_figures(args: argparse.Namespace) -> Path:
+    from .figures import make_figures
+
+    device = _device(args.device)
+    model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
+    out = output_folder(args.out)
+    loss_runs = args.loss_runs if args.loss_runs is not None else [_run_folder(args.checkpoint)]
+    make_figures(model, sde, _data_images(config, args.data_dir), out, loss_runs=loss_runs, steps=args.steps,
+                 milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed, device=device,
+                 backend=args.backend)
+    return out
+
+
+def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, samplers, steps, ode_tols,
+                num_samples: int, seed: int, device: torch.device, backend: str, classifier_cache: str | None,
+                classifier_epochs: int, checkpoint: str) -> Path:
+    """Compare the samplers on ``model`` (see :mod:`scoreops.compare`); writes ``compare.md``,
+    ``compare.json`` and ``grids/<run>.png`` into ``out`` and returns the markdown's path."""
+    from . import compare, metrics
+    from .figures import save_grid
+
+    images, labels = compare.load_labelled(config["dataset"], data_dir or config.get("data_dir"),
+                                           config["image_size"])
+    classifier = metrics.load_or_train_classifier(config["dataset"], images, labels, cache_dir=classifier_cache,
+                                                  device=device, epochs=classifier_epochs)
+    rows, runs = compare.compare_samplers(model, sde, compare.Reference.build(classifier, images),
+                                          sampler_names=samplers, steps=steps, ode_tols=ode_tols,
+                                          num_samples=num_samples, seed=seed, device=device, backend=backend)
+    grids = output_folder(out / "grids")
+    for run in runs:
+        save_grid(run.samples, grids / f"{run.label}.png")
+    info = {"checkpoint": checkpoint, "dataset": config["dataset"], "num_samples": num_samples, "seed": seed,
+            "device": str(device), "classifier": str(classifier.path)}
+    _, md_path = compare.write_report(rows, out, info)
+    print(md_path.read_text())
+    return md_path
+
+
+def cmd_compare(args: argparse.Namespace) -> Path:
+    device = _device(args.device)
+    model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
+    out = output_folder(args.out)
+    run_compare(model, sde, config, out, data_dir=args.data_dir, samplers=args.samplers, steps=args.steps,
+                ode_tols=args.ode_tols, num_samples=args.num_samples, seed=args.seed, device=device,
+                backend=args.backend, classifier_cache=args.classifier_cache,
+                classifier_epochs=args.classifier_epochs, checkpoint=str(args.checkpoint))
+    return out
+
+
+def _benchmark_module(name: str):
+    """``scoreops.benchmarks.<name>`` when installed, else ``benchmarks.<name>`` of a source checkout."""
+    try:
+        return importlib.import_module(f"scoreops.benchmarks.{name}")
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("scoreops.benchmarks"):
+            raise
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as e:
+        raise RuntimeError("the benchmarks are not installed (scoreops.benchmarks) and this is not a source "
+                           "checkout with a benchmarks/ folder") from e
+
+
+def cmd_bench(args: argparse.Namespace) -> Path:
+    out = output_folder(args.out)
+    names = ("bench_steps", "bench_samplers") if args.which == "all" else (f"bench_{args.which}",)
+    common = ["--out", str(out), "--device", args.device] + (["--quick"] if args.quick else [])
+    for name in names:
+        _benchmark_module(name).main(common + args.extra)
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> Path:
+    from . import compare, train
+    from .figures import make_figures
+
+    out = output_folder(args.out)
+    device = _device(args.device)
+    run_dir = out / "train"
+    print(f"1/4 training a ScoreNet on the digits data set for {args.train_steps} steps", flush=True)
+    # resume: a rerun reuses (or finishes) the training of an earlier one.
+    train.train(train.TrainConfig(dataset="digits", steps=args.train_steps, save_every=args.train_steps,
+                                  out=str(run_dir), resume=True, seed=args.seed, device=str(device)))
+    model, config, sde, shape = _load(str(run_dir), False, device)
+
+    print("2/4 sampling with all four samplers", flush=True)
+    samples_dir = output_folder(out / "samples")
+    for name in compare.SAMPLERS:
+        run = compare.draw_samples(name, model, sde, shape, num_samples=64, steps=args.steps, tol=args.tol,
+                                   seed=args.seed, device=device, backend=args.backend, progress=True)
+        write_samples(run, samples_dir, {"checkpoint": str(run_dir), "seed": args.seed})
+
+    print("3/4 drawing the paper's figures", flush=True)
+    figures_dir = output_folder(out / "figures")
+    figure_paths = make_figures(model, sde, _data_images(config, None), figures_dir, loss_runs=[run_dir],
+                                steps=args.steps, milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed,
+                                device=device, backend=args.backend)
+
+    print("4/4 comparing the samplers", flush=True)
+    md_path = run_compare(model, sde, config, output_folder(out / "compare"), data_dir=None, samplers=compare.SAMPLERS,
+                          steps=args.compare_steps, ode_tols=args.ode_tols, num_samples=64, seed=args.seed,
+                          device=device, backend=args.backend, classifier_cache=args.classifier_cache,
+                          classifier_epochs=args.classifier_epochs, checkpoint=str(run_dir))
+
+    if args.copy_figures:
+        target = output_folder(args.copy_figures)
+        for path in figure_paths + [md_path]:
+            shutil.copy2(path, target / path.name)
+        print(f"copied the figures and the comparison table to {target}")
+    return out
+
+
+# --------------------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scoreops`` argument parser, with one subparser per command."""
+    from .compare import SAMPLERS
+
+    parser = _Parser(prog="scoreops", description="Score-based diffusion with fused samplers: train a ScoreNet, "
+                                                  "sample it, draw the paper's figures, compare the samplers.",
+                     epilog="Run `scoreops <command> --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"scoreops {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    from .train import add_arguments as add_train_arguments
+
+    p = commands.add_parser("train", help="train a ScoreNet by denoising score matching",
+                            description="Train a ScoreNet; writes checkpoints/, loss.csv and loss.png into --out.")
+    add_train_arguments(p).set_defaults(handler=cmd_train)
+
+    p = commands.add_parser("sample", help="draw samples with one sampler: an 8x8 grid PNG and the tensors",
+                            description="Draw samples; writes samples-<sampler>-<steps or tol>.png (a grid of 8 "
+                                        "columns, 8x8 for 64 samples) and .safetensors (the raw tensor) into --out.")
+    _add_model_options(p)
+    p.add_argument("--sampler", choices=SAMPLERS, default="milstein", help="sampler (default: %(default)s)")
+    _add_sampler_options(p)
+    p.add_argument("--num-samples", type=_positive_int, default=64, help="samples to draw (default: %(default)s)")
+    p.add_argument("--snr", type=_positive_float, default=0.16, help="PC corrector signal-to-noise ratio (default: %(default)s)")
+    p.add_argument("--correction", choices=("time", "ito"), default="time",
+                   help="Milstein correction: time (the paper's dg/dt) or ito (dg/dx = 0, equals EM) "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="runs/sample", help="output folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_sample)
+
+    p = commands.add_parser("figures", help="draw the paper's figures 1-5 as PNGs",
+                            description="Draw the paper's figures: forward diffusion, 64 Milstein samples, ODE "
+                                        "interpolation, the four samplers side by side, and the loss curves.")
+    _add_model_options(p)
+    _add_sampler_options(p)
+    _add_figure_options(p)
+    p.add_argument("--loss-runs", nargs="*", default=None, metavar="RUN",
+                   help="run folders whose loss.csv to plot side by side (default: the checkpoint's own run)")
+    p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
+    p.add_argument("--out", default="runs/figures", help="output folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_figures)
+
+    p = commands.add_parser("compare", help="compare the samplers: time, nfe, diversity, Frechet distance, colour",
+                            description="Compare the samplers at several settings; writes compare.md, compare.json "
+                                        "and grids/<run>.png into --out.")
+    _add_model_options(p)
+    _add_compare_options(p, "--steps")
+    p.add_argument("--samplers", type=_sampler_list, default=list(SAMPLERS),
+                   help=f"comma list of samplers (default: {','.join(SAMPLERS)})")
+    p.add_argument("--num-samples", type=_positive_int, default=64, help="samples per run (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_compare)
+
+    p = commands.add_parser("bench", help="run the step-kernel and sampler benchmarks",
+                            description="Run the benchmarks; options not listed here go to the benchmark itself "
+                                        "(see python -m scoreops.benchmarks.bench_steps --help).")
+    p.add_argument("which", nargs="?", choices=("all", "steps", "samplers"), default="all",
+                   help="which benchmark (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_bench)
+
+    p = commands.add_parser("demo", help="train on digits, sample, draw the figures and compare, in one go",
+                            description="The whole pipeline on the embedded digits data set, sized for a few "
+                                        "minutes on a 2-core CPU: train, sample with all four samplers, draw the "
+                                        "figures, compare the samplers. Rerunning reuses the finished training.")
+    p.add_argument("--train-steps", type=_positive_int, default=DEMO_TRAIN_STEPS,
+                   help="training steps of batch 64 (default: %(default)s)")
+    _add_sampler_options(p)
+    _add_figure_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training and the samplers (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "cuda", "triton"),
+                   help="op backend of the samplers' fused steps (default: %(default)s)")
+    _add_compare_options(p, "--compare-steps")
+    p.add_argument("--copy-figures", default=None, metavar="DIR",
+                   help="also copy the figures and the comparison table here, e.g. docs/figures (default: no copy)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _add_compare_options(p: argparse.ArgumentParser, steps_flag: str) -> None:
+    p.add_argument(steps_flag, type=_int_list, default=[100, 500],
+                   help="comma list of SDE sampler step counts to compare (default: 100,500)")
+    p.add_argument("--ode-tols", type=_float_list, default=[1e-3, 1e-5],
+                   help="comma list of ODE tolerances to compare (default: 1e-3,1e-5)")
+    p.add_argument("--classifier-cache", default=None, metavar="DIR",
+                   help="folder of the cached feature classifiers (default: $XDG_CACHE_HOME/scoreops, "
+                        "else ~/.cache/scoreops)")
+    p.add_argument("--classifier-epochs", type=_positive_int, default=20,
+                   help="epochs of the feature classifier when it is not cached yet (default: %(default)s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``scoreops`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return e.code if isinstance(e.code, int) else 2
+    args.extra = extra
+    try:
+        out = args.handler(args)
+    except KeyboardInterrupt:
+        print("scoreops: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"scoreops: error: {message}", file=sys.stderr)
+        return 2
+    print(f"scoreops {args.command}: results in {out}")
+    return 0

@@ -1,0 +1,184 @@
+"""Every ``scoreops`` subcommand on a tiny model, and the one-line errors of bad input."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from scoreops import samplers
+from scoreops.checkpoint import load_model
+from scoreops.cli import main
+from scoreops.sde import VESDE
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--channels", "8,16", "--embed-dim", "16", "--image-size", "8", "--batch-size", "16"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def grid_side(n_columns: int, image_side: int) -> int:
+    """Side of a square save_grid PNG: tiles with 1-pixel padding, enlarged to at least 64 pixels."""
+    return (n_columns * (image_side + 1) + 1) * math.ceil(64 / image_side)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder of `scoreops train`: a tiny ScoreNet, three steps on the 8x8 digits."""
+    out = tmp_path_factory.mktemp("train")
+    assert main(["train", *TINY, "--steps", "3", "--save-every", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_loss_log(tiny_run):
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == ["step-00000003"]
+    assert (tiny_run / "loss.csv").read_text().count("\n") == 4  # header and three steps
+    Image.open(tiny_run / "loss.png").verify()
+    model, config = load_model(tiny_run)
+    assert config["image_size"] == 8 and config["channels"] == [8, 16]
+
+
+@pytest.mark.parametrize("sampler", ["em", "milstein", "pc", "ode"])
+def test_sample_writes_grid_and_the_samplers_tensor(tiny_run, tmp_path, capsys, seed, sampler):
+    seed &= 2**63 - 1
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", sampler, "--steps", 4,
+                          "--tol", 1e-2, "--seed", seed, "--device", "cpu", "--out", out)
+    assert code == 0 and str(out) in stdout
+    label = f"{sampler}-0.01" if sampler == "ode" else f"{sampler}-4"
+    with Image.open(out / f"samples-{label}.png") as png:
+        assert png.size == (grid_side(8, 8), grid_side(8, 8))
+    samples = load_file(out / f"samples-{label}.safetensors")["samples"]
+    with safe_open(out / f"samples-{label}.safetensors", "pt") as f:
+        assert f.metadata()["seed"] == str(seed) and int(f.metadata()["nfe"]) > 0
+
+    # The same draw through the library: the command passes the model, seed and settings through.
+    model, _ = load_model(tiny_run)
+    common = dict(shape=(1, 8, 8), seed=seed, device="cpu")
+    expected = {
+        "em": lambda: samplers.em_sample(model, VESDE(25.0), None, 64, 4, **common),
+        "milstein": lambda: samplers.milstein_sample(model, VESDE(25.0), None, 64, 4, **common),
+        "pc": lambda: samplers.pc_sample(model, VESDE(25.0), None, 64, 4, **common),
+        "ode": lambda: samplers.ode_sample(model, VESDE(25.0), None, 64, atol=1e-2, rtol=1e-2, **common),
+    }[sampler]()
+    torch.testing.assert_close(samples, expected)
+
+
+def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, _ = run(capsys, "compare", "--checkpoint", tiny_run, "--steps", "3,5", "--ode-tols", "1e-2",
+                          "--num-samples", 8, "--classifier-epochs", 1, "--classifier-cache", tmp_path / "cache",
+                          "--device", "cpu", "--out", out)
+    assert code == 0 and str(out) in stdout and "| sampler |" in stdout
+    report = json.loads((out / "compare.json").read_text())
+    labels = [(r["sampler"], r["steps"], r["tol"]) for r in report["rows"]]
+    assert labels == [("data", None, None), ("pc", 3, None), ("pc", 5, None), ("em", 3, None), ("em", 5, None),
+                      ("ode", None, 0.01), ("milstein", 3, None), ("milstein", 5, None)]
+    for row in report["rows"]:
+        for key in ("diversity", "frechet_distance", "mean_confidence", "class_entropy_bits"):
+            assert math.isfinite(row[key]), (row["sampler"], key)
+        assert 1 <= row["classes_covered"] <= 10 and len(row["channel_means"]) == 1 and row["warm_cool"] is None
+        if row["sampler"] != "data":
+            assert row["nfe"] == {"pc": 2 * (row["steps"] or 0), "ode": row["nfe"]}.get(row["sampler"], row["steps"])
+            assert row["seconds"] > 0 and row["heldout_accuracy"] is None
+    assert 0 < report["rows"][0]["heldout_accuracy"] <= 1
+    assert (tmp_path / "cache" / "classifier-digits-1x8x8.safetensors").is_file()
+    for sampler, steps, tol in labels[1:]:
+        with Image.open(out / "grids" / f"{sampler}-{steps if tol is None else format(tol, 'g')}.png") as png:
+            assert png.size == (grid_side(8, 8), grid_side(1, 8))
+    table = (out / "compare.md").read_text()
+    assert table.count("\n| ") == len(labels) + 1 and "Diversity ranking" in table
+
+
+def test_figures_command(tiny_run, tmp_path, capsys):
+    out = tmp_path / "figs"
+    code, stdout, _ = run(capsys, "figures", "--checkpoint", tiny_run, "--steps", 3, "--milstein-steps", "2,3",
+                          "--tol", 1e-2,
+                          "--device", "cpu", "--out", out)
+    assert code == 0 and str(out) in stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fig1_forward_diffusion.png", "fig2_milstein_samples.png", "fig3_interpolation.png", "fig4_samplers.png",
+        "fig5_loss.png"]
+
+
+def test_bench_runs_a_benchmark(tmp_path, capsys):
+    code, stdout, _ = run(capsys, "bench", "steps", "--quick", "--no-compile", "--ops", "em", "--device", "cpu",
+                          "--out", tmp_path)
+    assert code == 0 and str(tmp_path) in stdout
+    (json_path,) = tmp_path.glob("steps-*.json")
+    assert [r["op"] for r in json.loads(json_path.read_text())["rows"]][:1] == ["em"]
+    assert len(list(tmp_path.glob("steps-*.md"))) == 1
+
+
+def test_demo_end_to_end_at_tiny_settings(tmp_path, capsys):
+    out, docs = tmp_path / "demo", tmp_path / "docs"
+    code, stdout, _ = run(capsys, "demo", "--train-steps", 2, "--steps", 3, "--milstein-steps", 3, "--tol", 1e-1,
+                          "--compare-steps", "2,3",
+                          "--ode-tols", "1e-1", "--classifier-epochs", 1, "--classifier-cache", tmp_path / "cache",
+                          "--device", "cpu", "--copy-figures", docs, "--out", out)
+    assert code == 0 and str(out) in stdout
+    assert (out / "train" / "checkpoints" / "step-00000002").is_dir()
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [
+        "samples-em-3.png", "samples-milstein-3.png", "samples-ode-0.1.png", "samples-pc-3.png"]
+    assert len(list((out / "figures").glob("fig*.png"))) == 5
+    assert len(json.loads((out / "compare" / "compare.json").read_text())["rows"]) == 1 + 3 * 2 + 1
+    assert sorted(p.name for p in docs.iterdir()) == sorted(
+        [p.name for p in (out / "figures").iterdir()] + ["compare.md"])
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "figures", "compare", "bench", "demo"])
+def test_help_lists_defaults(capsys, command):
+    code, stdout, _ = run(capsys, command, "--help")
+    assert code == 0 and "--out" in stdout and "default" in stdout
+
+
+def one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("scoreops"), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o")
+    one_line_error(code, err, "scoreops: error:", "no checkpoint", "nowhere")
+
+
+def test_unknown_sampler_is_one_line_error(tiny_run, tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", "heun", "--out", tmp_path)
+    one_line_error(code, err, "--sampler", "heun")
+    code, _, err = run(capsys, "compare", "--checkpoint", tiny_run, "--samplers", "em,heun", "--out", tmp_path)
+    one_line_error(code, err, "heun")
+
+
+def test_unwritable_output_folder_is_one_line_error(tiny_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run, "--out", blocker / "out")
+    one_line_error(code, err, "scoreops: error:", "cannot write to the output folder", str(blocker / "out"))
+
+
+def test_missing_data_set_is_one_line_error(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path / "empty", "--steps", 1,
+                       "--out", tmp_path / "run")
+    one_line_error(code, err, "scoreops: error:", "mnist not found")
+    code, _, err = run(capsys, "train", "--dataset", "folder", "--data-dir", tmp_path / "none", "--steps", 1,
+                       "--out", tmp_path / "run")
+    one_line_error(code, err, "scoreops: error:", "does not exist")
+
+
+def test_console_process_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scoreops", "figures", "--checkpoint", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    one_line_error(proc.returncode, proc.stderr, "scoreops: error:", "no checkpoint")
+    assert not (tmp_path / "out").exists()
