@@ -72,13 +72,16 @@ class _Schedule:
         """dg/dt: closed form for a VESDE, else autograd, else a central difference."""
         if self._dg_dt is not None:
             return self._eval("diffusion_coeff_dt", self._dg_dt, t)
+        return self._eval("the time derivative of diffusion_coeff", self._plain_dg_dt, t)
+
+    def _plain_dg_dt(self, t: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             tg = t.clone().requires_grad_()
             g = torch.as_tensor(self._g(tg))
             if g.requires_grad:
                 # g is elementwise in t, so the gradient of the sum is g'(t) at every t.
                 (dg,) = torch.autograd.grad(g.sum(), tg, allow_unused=True)
-                return torch.zeros_like(t) if dg is None else dg.to(torch.float64)
+                return torch.zeros_like(t) if dg is None else dg
         # diffusion_coeff cuts the graph (the tutorial's wraps its result in torch.tensor).
         h = torch.finfo(g.dtype).eps ** (1 / 3)
         return (self.g(t + h) - self.g(t - h)) / (2 * h)
@@ -301,11 +304,6 @@ def clear_graph_cache() -> None:
     _GRAPHS.clear()
 
 
-def _graph_key(loop: _Loop, score_model, x: torch.Tensor) -> tuple:
-    return (loop.key, tuple(x.shape), x.dtype, x.device, getattr(score_model, "__func__", None),
-            getattr(score_model, "training", None))
-
-
 def _run_graphed(name: str, loop: _Loop, score_model, x_T: torch.Tensor, plan: _Plan, strict: bool):
     """Replay the cached graph for this loop, capturing it on first use; None when capture fails
     and not ``strict`` (the caller then runs the plain loop)."""
@@ -314,7 +312,9 @@ def _run_graphed(name: str, loop: _Loop, score_model, x_T: torch.Tensor, plan: _
         cache = _GRAPHS.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: capture without caching
         cache = {}
-    key = _graph_key(loop, score_model, x_T)
+    # A module in train mode (dropout, batch norm) captures different kernels than in eval mode.
+    key = (loop.key, tuple(x_T.shape), x_T.dtype, x_T.device, getattr(score_model, "__func__", None),
+           getattr(owner, "training", None))
     if key not in cache:
         try:
             cache[key] = _GraphedLoop(loop, score_model, x_T, plan)
@@ -374,7 +374,15 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
 
 
 # --------------------------------------------------------------------------- public SDE samplers
-_COMMON_ARGS = """
+
+
+def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
+              eps=1e-3, *, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
+              cuda_graph="auto", progress=False) -> torch.Tensor:
+    """Euler-Maruyama sampler of the reverse VE SDE: ``x <- x + g**2 s dt + g sqrt(dt) z``.
+
+    Drop-in for the tutorial's ``Euler_Maruyama_sampler``.
+
     Args:
         score_model: ``score_model(x, t)`` with x of shape ``(B, *shape)`` and t of shape (B,),
             returning the score, of x's shape and dtype.
@@ -397,19 +405,11 @@ _COMMON_ARGS = """
             after; "auto" does so on CUDA with a graph-safe backend, falling back to the plain
             loop (with a warning) where the model cannot be captured; False never does.
         progress: show a tqdm bar over the steps (plain loop only).
+    Returns:
+        The last step's mean, a tensor of shape ``(B, *shape)``.
     Raises:
         ValueError / TypeError: bad arguments, or a model whose output does not fit x.
         RuntimeError: NaN or Inf in the samples, naming the first step where they appeared.
-"""
-
-
-def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
-              eps=1e-3, *, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
-              cuda_graph="auto", progress=False) -> torch.Tensor:
-    """Euler-Maruyama sampler of the reverse VE SDE: ``x <- x + g**2 s dt + g sqrt(dt) z``.
-
-    Drop-in for the tutorial's ``Euler_Maruyama_sampler``; returns the last step's mean,
-    a tensor of shape ``(B, *shape)``.
     """
     return _sample("em_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
@@ -437,7 +437,7 @@ def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_
       diffusion does not depend on x: the sampler then equals :func:`em_sample` given the same
       seed, sample for sample.
 
-    Returns the last step's mean, a tensor of shape ``(B, *shape)``.
+    Other arguments, the result and the errors are those of :func:`em_sample`.
     """
     _check_choice("correction", correction, CORRECTIONS)
     return _sample("milstein_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device,
@@ -455,7 +455,7 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
     The corrector is ``x <- x + e s + sqrt(2 e) z`` with ``e = 2 (snr * noise_norm / grad_norm)**2``,
     ``grad_norm`` the batch mean of the per-sample score norms.
 
-    Extra args:
+    Args (the others, the result and the errors are those of :func:`em_sample`):
         snr: the corrector's signal-to-noise ratio, > 0.
         noise_norm: ``"fixed"``: ``sqrt(d)`` (the tutorial), or ``"sampled"``: the batch mean of
             the norms of the drawn z (score_sde, diffusers).
@@ -465,8 +465,6 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
             as in :func:`milstein_sample`).
         per_sample: use each sample's own norms in ``e`` instead of batch means, so that sample i
             does not depend on the rest of its batch.
-
-    Returns the last predictor step's mean, a tensor of shape ``(B, *shape)``.
     """
     _check_choice("predictor", predictor, PREDICTORS)
     _check_choice("correction", correction, CORRECTIONS)
@@ -477,10 +475,6 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
                    corrector_steps=corrector_steps, snr=_check_positive("snr", snr), noise_norm=noise_norm,
                    per_sample=bool(per_sample))
-
-
-for _f in (em_sample, milstein_sample, pc_sample):
-    _f.__doc__ += _COMMON_ARGS
 
 
 # --------------------------------------------------------------------------- probability-flow ODE
@@ -518,7 +512,7 @@ class ODEResult:
 
 
 def _weighted(coeffs, weights) -> list[float]:
-    return [c * w for c, w in zip(coeffs, weights)]
+    return [c * w for c, w in zip(coeffs, weights, strict=True)]
 
 
 def _initial_step(fun, t0, t1, y0, k0, w0, atol, rtol, backend) -> float:
@@ -562,13 +556,13 @@ def _dopri5(fun, t0: float, t1: float, y0: torch.Tensor, atol: float, rtol: floa
             h = t_new - t
             h_abs = abs(h)
             ks, ws = [k0], [w0]
-            for c, a in zip(DP_C[1:], DP_A[1:]):
+            for c, a in zip(DP_C[1:], DP_A[1:], strict=True):
                 k, w = fun(t + c * h, ops.rk_combine(y, ks, _weighted(a, ws), h, backend=backend))
                 ks.append(k)
                 ws.append(w)
             y_new = ops.rk_combine(y, ks, _weighted(DP_B, ws), h, backend=backend)
             k_new, w_new = fun(t + h, y_new)
-            err = float(ops.rk_error_norm(y, y_new, ks + [k_new], _weighted(DP_E, ws + [w_new]), h, atol, rtol,
+            err = float(ops.rk_error_norm(y, y_new, [*ks, k_new], _weighted(DP_E, [*ws, w_new]), h, atol, rtol,
                                           backend=backend))
             if not math.isfinite(err):
                 raise RuntimeError(f"ode_sample: the score or the state became NaN or Inf between t = {t:.6g} "

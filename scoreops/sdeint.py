@@ -7,6 +7,7 @@ Step k draws z from stream step k, lane 0, so a path is a function of ``(seed, s
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -88,7 +89,7 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
     seed = ops.as_counter("seed", seed, x0.device)
     x, path = x0, [x0]
     with torch.no_grad():
-        for k, (t0, t1) in enumerate(zip(ts[:-1], ts[1:])):
+        for k, (t0, t1) in enumerate(itertools.pairwise(ts)):
             dt = t1 - t0
             t = torch.tensor(t0, dtype=torch.float64, device=x0.device)
             mu = _check_like("drift", drift(x, t), x)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import skip_unless_runnable
 
 from scoreops import noise, ops
 from scoreops.sde import PRIOR_LANE, VESDE, diffusion_coeff, diffusion_coeff_dt, marginal_prob_std, prior_sample
@@ -87,10 +88,16 @@ def test_prior_sample_statistics(seed):
     assert abs(x.var() / std1**2 - 1) < 5 * math.sqrt(2 / x.numel())
 
 
-def test_prior_lane_is_free():
-    """The prior's lane is neither the predictor's nor any plausible corrector lane."""
-    assert PRIOR_LANE != noise.LANE_PREDICTOR
-    assert PRIOR_LANE > noise.corrector_lane(1000)
-    # and it reaches every backend as a non-negative int32
-    assert 0 < PRIOR_LANE < 2**31
-    assert ops.philox_normal(1, 4, seed=1, lane=PRIOR_LANE).shape == (1, 4)
+def test_prior_noise_is_not_loop_noise(seed):
+    """x(1) takes its own lane: it must not reuse the predictor's or a corrector's step-0 noise."""
+    prior = noise.philox_normal(seed, 0, PRIOR_LANE, 4, 8)
+    for lane in (noise.LANE_PREDICTOR, noise.corrector_lane(0), noise.corrector_lane(1)):
+        assert not torch.allclose(prior, noise.philox_normal(seed, 0, lane, 4, 8))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_prior_lane_on_every_backend(backend, seed):
+    """The reserved lane, the largest int32, reaches every kernel unchanged."""
+    skip_unless_runnable(backend, "cpu")
+    got = ops.philox_normal(3, 10, seed=seed, lane=PRIOR_LANE, backend=backend)
+    torch.testing.assert_close(got, noise.philox_normal(seed, 0, PRIOR_LANE, 3, 10))
