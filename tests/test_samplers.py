@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import skip_unless_runnable
 from mixture import GaussianMixture2D
+from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.rk import RK45
 
 from scoreops import noise, reference, samplers
@@ -262,16 +263,41 @@ def test_dormand_prince_tableau_is_scipys():
         np.testing.assert_allclose(row, RK45.A[i, :i], rtol=1e-15)
 
 
-def test_ode_nfe_and_result_match_solve_ivp(seed):
-    z = MIXTURE.sample(16, t=1.0, generator=torch.Generator().manual_seed(seed))
-    want = reference.ode_sampler(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, device="cpu", z=z, full_output=True)
-    got = samplers.ode_sample(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, z=z, full_output=True)
-    assert isinstance(got, samplers.ODEResult) and got.samples.shape == z.shape
-    # Same method and step control; float32 against float64 rounding may flip one accept/reject.
-    assert abs(got.nfe - want.nfe) <= 6, (got, want.nfe)
-    assert got.nfe == 2 + 6 * (got.n_accepted + got.n_rejected)
-    # Both solutions are within their tolerances of the true flow; they differ by about as much.
-    torch.testing.assert_close(got.samples, want.samples.float(), rtol=1e-3, atol=1e-3)
+def _accurate_flow(z: torch.Tensor) -> torch.Tensor:
+    """The mixture's probability-flow ODE from t = 1 to 1e-3, solved in float64 to 1e-11."""
+    def velocity(t, y):
+        x = torch.from_numpy(y).reshape(z.shape)
+        score = MIXTURE.score(x, torch.full((z.shape[0],), t, dtype=torch.float64))
+        return (-0.5 * float(SDE.diffusion_coeff(t)) ** 2 * score).reshape(-1).numpy()
+    y1 = solve_ivp(velocity, (1.0, 1e-3), z.to(torch.float64).reshape(-1).numpy(), method="DOP853", rtol=1e-11,
+                   atol=1e-11).y[:, -1]
+    return torch.from_numpy(y1).reshape(z.shape)
+
+
+def test_ode_nfe_and_accuracy_match_solve_ivp(seed):
+    """Same method and step control as scipy's RK45, so over a few small problems the nfe and
+    the error against an accurate solution agree with solve_ivp's.
+
+    Per problem they need not be equal: the state is float32 here and float64 in scipy, and the
+    rounding flips an accept/reject decision now and then (in about one problem in six, at
+    +-6 nfe per flip, rarely more), after which the step sequences and the errors differ. Over
+    150 seeds the summed nfe differed by at most 9%, and the ratio of the summed errors had
+    median 1.0, 99th percentile 1.8 and maximum 2.0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    nfe, nfe_scipy, error, error_scipy = 0, 0, 0.0, 0.0
+    for _ in range(4):
+        z = MIXTURE.sample(16, t=1.0, generator=generator)
+        want = reference.ode_sampler(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, device="cpu", z=z, full_output=True)
+        got = samplers.ode_sample(MIXTURE, SDE, None, atol=1e-5, rtol=1e-5, z=z, full_output=True)
+        assert isinstance(got, samplers.ODEResult) and got.samples.shape == z.shape
+        assert got.nfe == 2 + 6 * (got.n_accepted + got.n_rejected)
+        exact = _accurate_flow(z)
+        nfe, nfe_scipy = nfe + got.nfe, nfe_scipy + want.nfe
+        error += float((got.samples.to(torch.float64) - exact).abs().max())
+        error_scipy += float((want.samples - exact).abs().max())
+    assert abs(nfe - nfe_scipy) <= 0.15 * nfe_scipy, (nfe, nfe_scipy)
+    assert error <= 3 * error_scipy, (error, error_scipy)
 
 
 def test_ode_returns_the_samples_by_default(seed):
