@@ -24,6 +24,7 @@ _EXPORTS = {
     "sdeint": "sdeint",
     "ScoreNet": "models",
     "EMA": "ema",
+    "load_model": "checkpoint",
 }
 
 
