@@ -7,7 +7,8 @@ the counter out as::
     c0 = j // 4            element group within one sample (j = flat element index in the sample)
     c1 = sample_offset + i global sample index
     c2 = step              sampler step k (low 32 bits)
-    c3 = lane              0 = predictor / SDE noise, 1 + r = r-th corrector step
+    c3 = lane              0 = predictor / SDE noise, 1 + r = r-th corrector step,
+                           PRIOR_LANE = the prior sample
 
 and element ``j`` takes normal number ``j % 4`` of its group. So the noise of sample ``i`` at
 step ``k`` depends only on ``(seed, i, k, lane, j)``: never on the batch size or the backend.
@@ -33,6 +34,9 @@ U1_MIN = 1.0e-7
 _M32 = 0xFFFFFFFF
 
 LANE_PREDICTOR = 0
+#: Lane of a sampler's prior sample x(1) = std(1) * z, at stream step 0; far from the predictor
+#: and corrector lanes, so it never collides with them.
+PRIOR_LANE = 0x7FFFFFFF
 
 
 def corrector_lane(r: int) -> int:

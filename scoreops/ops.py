@@ -25,6 +25,9 @@ from . import torch_ops
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Backends that read seed and step on the device; the torch backend reads them on the host,
+# which a CUDA graph cannot capture.
+GRAPH_SAFE_BACKENDS = ("cuda", "triton")
 
 
 # --------------------------------------------------------------------------- backend discovery

@@ -6,7 +6,7 @@ of the last step. Each step of the reverse SDE is one call of the score model an
 (:func:`scoreops.ops.sde_step`; the PC corrector is :func:`scoreops.ops.langevin_correct`),
 with its noise drawn inside the op from the scoreops noise stream:
 
-* the prior sample x(1) takes lane :data:`scoreops.sde.PRIOR_LANE` at stream step 0;
+* the prior sample x(1) takes lane :data:`scoreops.noise.PRIOR_LANE` at stream step 0;
 * loop step k (k = 0 at t = 1) takes stream step k: lane 0 for the predictor, lane 1 + r for
   the r-th corrector step.
 
@@ -34,8 +34,6 @@ from .sde import VESDE, prior_sample
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "milstein")
 CORRECTIONS = ("time", "ito")
-# The torch backend reads seed and step on the host, which a CUDA graph cannot capture.
-_GRAPH_SAFE_BACKENDS = ("cuda", "triton")
 
 
 # --------------------------------------------------------------------------- the SDE's functions
@@ -330,14 +328,14 @@ def _run_graphed(name: str, loop: _Loop, score_model, x_T: torch.Tensor, plan: _
 
 def _use_graph(cuda_graph, device: torch.device, backend: str, progress: bool) -> bool:
     if cuda_graph == "auto":
-        return device.type == "cuda" and backend in _GRAPH_SAFE_BACKENDS and not progress
+        return device.type == "cuda" and backend in ops.GRAPH_SAFE_BACKENDS and not progress
     if cuda_graph is False:
         return False
     if cuda_graph is not True:
         raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}")
-    if backend not in _GRAPH_SAFE_BACKENDS:
+    if backend not in ops.GRAPH_SAFE_BACKENDS:
         raise ValueError(f"cuda_graph=True needs backend 'cuda' or 'triton'; {backend!r} reads the seed on the host")
     if progress:
         raise ValueError("progress=True reports every step, which a CUDA graph replay cannot; "

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-
-#: Philox lane of the prior sample x(1) = std(1) * z, at stream step 0. The loop's own noise
-#: uses lane 0 (predictor) and lanes 1 + r (corrector), so this lane never collides with them.
-PRIOR_LANE = 0x7FFFFFFF
+from .noise import PRIOR_LANE
 
 
 def _check_sigma(sigma) -> float:

@@ -10,6 +10,11 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# `make test` runs one pytest worker per core; more intra-op threads per worker only contend
+# (small elementwise ops become ~100x slower when oversubscribed). Tests of the C++ kernels'
+# parallel path set the thread count themselves.
+torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 # (backend, device) pairs under test. The cpu backend is always built and interpreted Triton
