@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .ops import BACKENDS
 
-DEMO_TRAIN_STEPS = 2500
+DEMO_TRAIN_STEPS = 4000
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, ArithmeticError)
 
@@ -30,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_list(text: str) -> list[int]:
+def _step_counts(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -38,6 +39,16 @@ def _int_list(text: str) -> list[int]:
     if min(values) < 2:
         raise argparse.ArgumentTypeError(f"step counts must be at least 2, got {text!r}")
     return values
+
+
+def _step_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a step count of at least 2, got {text!r}")
+    return value
 
 
 def _float_list(text: str) -> list[float]:
@@ -103,8 +114,8 @@ def _load(checkpoint: str, raw_weights: bool, device: torch.device):
     from .sde import VESDE
 
     model, config = load_model(checkpoint, ema=not raw_weights, device=device)
-    return model, config, VESDE(float(config["sigma"])), (config["in_channels"], config["image_size"],
-                                                          config["image_size"])
+    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    return model, config, VESDE(float(config["sigma"])), shape
 
 
 def _data_images(config: dict, data_dir: str | None) -> torch.Tensor:
@@ -126,21 +137,21 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="a run folder written by `scoreops train` (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--raw-weights", action="store_true", help="use the trained weights instead of their EMA")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "cuda", "triton"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s, the fastest built)")
     p.add_argument("--seed", type=int, default=0, help="noise-stream seed; one seed gives every sampler "
                                                        "the same x(1) (default: %(default)s)")
 
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_positive_int, default=500,
+    p.add_argument("--steps", type=_step_count, default=500,
                    help="steps of the SDE samplers (EM, Milstein, PC) (default: %(default)s)")
     p.add_argument("--tol", type=_positive_float, default=1e-5,
                    help="absolute and relative tolerance of the adaptive ODE sampler (default: %(default)s)")
 
 
 def _add_figure_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--milstein-steps", type=_int_list, default=[500, 2000],
+    p.add_argument("--milstein-steps", type=_step_counts, default=[500, 2000],
                    help="comma list of step counts for the Milstein panels of figure 2 (default: 500,2000)")
 
 
@@ -262,6 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
     device = _device(args.device)
     run_dir = out / "train"
+    shown_run = str(Path(args.out) / "train")  # as the user named it, for the reports
     print(f"1/4 training a ScoreNet on the digits data set for {args.train_steps} steps", flush=True)
     # resume: a rerun reuses (or finishes) the training of an earlier one.
     train.train(train.TrainConfig(dataset="digits", steps=args.train_steps, save_every=args.train_steps,
@@ -273,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
     for name in compare.SAMPLERS:
         run = compare.draw_samples(name, model, sde, shape, num_samples=64, steps=args.steps, tol=args.tol,
                                    seed=args.seed, device=device, backend=args.backend, progress=True)
-        write_samples(run, samples_dir, {"checkpoint": str(run_dir), "seed": args.seed})
+        write_samples(run, samples_dir, {"checkpoint": shown_run, "seed": args.seed})
 
     print("3/4 drawing the paper's figures", flush=True)
     figures_dir = output_folder(out / "figures")
@@ -285,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
     md_path = run_compare(model, sde, config, output_folder(out / "compare"), data_dir=None, samplers=compare.SAMPLERS,
                           steps=args.compare_steps, ode_tols=args.ode_tols, num_samples=64, seed=args.seed,
                           device=device, backend=args.backend, classifier_cache=args.classifier_cache,
-                          classifier_epochs=args.classifier_epochs, checkpoint=str(run_dir))
+                          classifier_epochs=args.classifier_epochs, checkpoint=shown_run)
 
     if args.copy_figures:
         target = output_folder(args.copy_figures)
@@ -371,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figure_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the training and the samplers (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "cuda", "triton"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s)")
     _add_compare_options(p, "--compare-steps")
     p.add_argument("--copy-figures", default=None, metavar="DIR",
@@ -382,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare_options(p: argparse.ArgumentParser, steps_flag: str) -> None:
-    p.add_argument(steps_flag, type=_int_list, default=[100, 500],
+    p.add_argument(steps_flag, type=_step_counts, default=[100, 500],
                    help="comma list of SDE sampler step counts to compare (default: 100,500)")
     p.add_argument("--ode-tols", type=_float_list, default=[1e-3, 1e-5],
                    help="comma list of ODE tolerances to compare (default: 1e-3,1e-5)")

@@ -282,7 +282,8 @@ def write_report(rows: list[dict], out_dir: str | Path, info: dict) -> tuple[Pat
     notes = [
         f"Checkpoint `{info['checkpoint']}`, data set `{info['dataset']}`, {info['num_samples']} samples per run, "
         f"seed {info['seed']}, device `{info['device']}`.",
-        f"Diversity ranking (most diverse first): {diversity_ranking(rows)}.",
+        f"Diversity ranking (most diverse first, each sampler at its finest setting): {diversity_ranking(rows)}. "
+        "Noise is diverse too: read the ranking beside the Frechet distance.",
         "Features are those of a small CNN classifier trained on the same data set (its held-out accuracy is in the "
         "`data` row). Samples have no labels, so for them the table gives the classifier's confidence and how many "
         "classes it predicts, not an accuracy. The `data` row measures the same number of real images: the floor "

@@ -10,12 +10,13 @@
 ``fig5_loss.png``                      the training loss of one or more runs, side by side
 =====================================  ==========================================================
 
-Images are clamped to the data range [0, 1] for display. Figures are drawn on
+Samples are clamped to the data range [0, 1] for display. Figures are drawn on
 :class:`matplotlib.figure.Figure` directly, so no pyplot state or display is needed.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: i
 
 
 def _show(ax, image: torch.Tensor) -> None:
-    """Draw one (C, H, W) image in [0, 1] on ``ax``, grey for one channel, without ticks."""
+    """Draw one (C, H, W) image, clamped to [0, 1], on ``ax``, grey for one channel, without ticks."""
     image = image.detach().float().cpu().clamp(0.0, 1.0)
     if image.shape[0] == 1:
         ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -57,9 +58,15 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=tuple(np.linspace(0.0, 1.0, 9)),
-                             seed: int = 0) -> Figure:
+#: Figure 1's times: std(t) grows like sigma**t, so the image fades within the first third.
+FORWARD_TIMES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=FORWARD_TIMES, seed: int = 0) -> Figure:
     """Figure 1: ``x(t) = x(0) + std(t) z`` for one image at each of ``times``, with one fixed z.
+
+    Each panel is scaled from its own minimum to its maximum: clamped to the data range, every
+    x(t) with std(t) above ~0.5 would show as black and white salt and pepper.
 
     Args:
         image: x(0), (C, H, W) in [0, 1].
@@ -71,9 +78,10 @@ def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=tuple(np.lin
     fig = Figure(figsize=(1.4 * len(times), 1.9), layout="constrained")
     for ax, t in zip(fig.subplots(1, len(times)), times):
         std = float(sde.marginal_prob_std(torch.tensor(float(t), dtype=torch.float64)))
-        _show(ax, image.cpu() + std * z)
+        x = image.cpu() + std * z
+        _show(ax, (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12))
         ax.set_title(f"t = {t:.3g}\nstd = {std:.2g}", fontsize=9)
-    fig.suptitle("Forward diffusion: an image drifting to the prior")
+    fig.suptitle("Forward diffusion: an image drifting to the prior (each panel scaled to its range)")
     return fig
 
 
@@ -152,6 +160,19 @@ def read_loss(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), np.array(losses)
 
 
+def run_title(run_dir: str | Path) -> str:
+    """A loss panel's title: the run folder's name and, when it holds a checkpoint, the model
+    options the paper's loss figures compare (time-embedding size, convolution padding)."""
+    from .checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
+
+    name = Path(run_dir).resolve().name
+    try:
+        config = json.loads((resolve_checkpoint(run_dir) / CONFIG_FILE).read_text())
+        return f"{name}\nembed_dim {config['embed_dim']}, padding {config['padding']}"
+    except (CheckpointError, OSError, ValueError, KeyError):
+        return name
+
+
 def loss_figure(curves: dict) -> Figure:
     """Figures 5-6: one panel per run, side by side on a shared log axis: the per-step loss and
     its moving average over 1/50 of the run.
@@ -217,7 +238,7 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
                                        nrow=math.ceil(math.sqrt(samplers_shown))), out / "fig4_samplers.png"))
         bar.update()
         if loss_runs:
-            curves = {Path(run).name: read_loss(run) for run in loss_runs}
+            curves = {run_title(run): read_loss(run) for run in loss_runs}
             paths.append(_save(loss_figure(curves), out / "fig5_loss.png"))
             bar.update()
     return paths

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from scoreops import samplers
+from scoreops import figures, samplers
 from scoreops.checkpoint import load_model
 from scoreops.cli import main
 from scoreops.sde import VESDE
@@ -108,6 +108,11 @@ def test_figures_command(tiny_run, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "fig1_forward_diffusion.png", "fig2_milstein_samples.png", "fig3_interpolation.png", "fig4_samplers.png",
         "fig5_loss.png"]
+    for path in out.iterdir():
+        Image.open(path).verify()
+    with Image.open(out / "fig3_interpolation.png") as png:  # four rows of eight 8x8 images
+        assert png.size == (grid_side(8, 8), (4 * 9 + 1) * 8)
+    assert figures.run_title(tiny_run) == f"{tiny_run.name}\nembed_dim 16, padding 1"
 
 
 def test_bench_runs_a_benchmark(tmp_path, capsys):
