@@ -170,9 +170,11 @@ class Reference:
 
 def data_row(reference: Reference, num_samples: int, seed: int = 0) -> dict:
     """The ``data`` row: the numbers of ``num_samples`` random real images, and the classifier's
-    held-out accuracy."""
-    generator = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(reference.images), generator=generator)[:num_samples]
+    held-out accuracy. The images come from those the classifier was not trained on (from all
+    when there are fewer than ``num_samples``), so its confidence on them is a fair comparison."""
+    heldout = reference.classifier.heldout
+    pool = heldout if len(heldout) >= num_samples else torch.arange(len(reference.images))
+    pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:num_samples]]
     return {"sampler": "data", "steps": None, "tol": None, "nfe": None, "seconds": None,
             **reference.measure(reference.images[pick]), "heldout_accuracy": reference.classifier.heldout_accuracy}
 

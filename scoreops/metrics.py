@@ -21,9 +21,12 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write
 
 #: Bump when the classifier's architecture or training changes, so stale cache files are retrained.
 CLASSIFIER_VERSION = "1"
@@ -61,11 +64,23 @@ class FeatureClassifier(nn.Module):
 
 @dataclass
 class Classifier:
-    """A trained :class:`FeatureClassifier` with its held-out accuracy on real data (in [0, 1])."""
+    """A trained :class:`FeatureClassifier`, the indices of the images kept out of its training,
+    and its accuracy on them (in [0, 1])."""
 
     net: FeatureClassifier
+    heldout: torch.Tensor
     heldout_accuracy: float
     path: Path | None = None
+
+
+def heldout_split(num_images: int, heldout_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's seeded random split of ``num_images``: (held-out indices, training indices)."""
+    n_heldout = int(round(heldout_fraction * num_images))
+    if not 0 < n_heldout < num_images:
+        raise ValueError(f"heldout_fraction={heldout_fraction} leaves no training or no held-out images "
+                         f"of {num_images}")
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    return order[:n_heldout], order[n_heldout:]
 
 
 def default_cache_dir() -> Path:
@@ -95,20 +110,17 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
         progress: show a tqdm bar over epochs.
 
     Returns:
-        The trained net (in eval mode, on ``device``) and its accuracy on the held-out part.
+        The trained net (in eval mode, on ``device``), the held-out indices (see
+        :func:`heldout_split`) and its accuracy on them.
     """
     _check_images("images", images)
     if labels.shape != images.shape[:1] or labels.dtype != torch.int64:
-        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
-    n_heldout = int(round(heldout_fraction * len(images)))
-    if not 0 < n_heldout < len(images):
-        raise ValueError(f"heldout_fraction={heldout_fraction} leaves no training or no held-out images "
-                         f"of {len(images)}")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(images), generator=generator)
-    heldout, train = order[:n_heldout], order[n_heldout:]
+    heldout, train = heldout_split(len(images), heldout_fraction, seed)
+    batch_order = torch.Generator().manual_seed(seed + 1)  # a stream apart from the split's
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -117,7 +129,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     x_train, y_train = images[train].to(device), labels[train].to(device)
     for _ in tqdm(range(epochs), desc="feature classifier", unit="epoch", disable=not progress):
         net.train()
-        for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+        for batch in torch.randperm(len(train), generator=batch_order).split(batch_size):
             loss = F.cross_entropy(net(x_train[batch]), y_train[batch])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,47 +137,60 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     net.eval()
     probs = predict_probs(net, images[heldout].to(device))
     accuracy = (probs.argmax(1).cpu() == labels[heldout]).double().mean().item()
-    return Classifier(net, accuracy)
+    return Classifier(net, heldout, accuracy)
 
 
 def load_or_train_classifier(dataset: str, images: torch.Tensor, labels: torch.Tensor, *,
                              cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                             **train_options) -> Classifier:
+                             heldout_fraction: float = 0.2, seed: int = 0, **train_options) -> Classifier:
     """The cached classifier of ``dataset`` at this image shape, trained and cached first if missing.
 
     The cache file (see :func:`classifier_path`) is keyed by data set name and image shape; it is
-    retrained when its recorded version, class count or training-set size does not match.
+    retrained (and replaced) when it cannot be read or when its recorded version, class count,
+    training-set size or split does not match. ``train_options`` only matter when it trains.
 
     Args:
         dataset: data set name (the cache key).
-        images, labels, train_options: as for :func:`train_classifier`.
+        images, labels, heldout_fraction, seed, train_options: as for :func:`train_classifier`.
         cache_dir: folder of the cache files; default :func:`default_cache_dir`.
         device: where the returned net lives.
     """
     _check_images("images", images)
     path = classifier_path(default_cache_dir() if cache_dir is None else cache_dir, dataset, images)
     expected = {"version": CLASSIFIER_VERSION, "num_classes": str(int(labels.max()) + 1),
-                "num_images": str(len(images))}
-    if path.is_file():
-        state = load_file(path, device=str(device))
-        metadata = _safetensors_metadata(path)
-        if all(metadata.get(k) == v for k, v in expected.items()):
-            net = FeatureClassifier(images.shape[1], int(expected["num_classes"])).to(device)
-            net.load_state_dict(state)
-            return Classifier(net.eval(), float(metadata["heldout_accuracy"]), path)
-    classifier = train_classifier(images, labels, device=device, **train_options)
+                "num_images": str(len(images)), "heldout_fraction": repr(float(heldout_fraction)),
+                "seed": str(seed)}
+    cached = _load_cached(path, expected, images.shape[1], device)
+    if cached is not None:
+        return cached
+    classifier = train_classifier(images, labels, device=device, heldout_fraction=heldout_fraction, seed=seed,
+                                  **train_options)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in classifier.net.state_dict().items()}, str(path),
-              metadata={**expected, "dataset": dataset, "heldout_accuracy": repr(classifier.heldout_accuracy)})
+    state = {k: v.contiguous() for k, v in classifier.net.state_dict().items()}
+    metadata = {**expected, "dataset": dataset, "heldout_accuracy": repr(classifier.heldout_accuracy)}
+    # Written beside and renamed into place, so a concurrent reader never sees half a file.
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     classifier.path = path
     return classifier
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+def _load_cached(path: Path, expected: dict[str, str], in_channels: int, device) -> Classifier | None:
+    """The classifier cached at ``path`` if it is readable and its metadata matches ``expected``."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            if any(metadata.get(k) != v for k, v in expected.items()):
+                return None
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        net = FeatureClassifier(in_channels, int(expected["num_classes"])).to(device)
+        net.load_state_dict(state)
+        accuracy = float(metadata["heldout_accuracy"])
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError):
+        return None  # unreadable or from another architecture: retrain
+    heldout, _ = heldout_split(int(expected["num_images"]), float(expected["heldout_fraction"]), int(expected["seed"]))
+    return Classifier(net.eval(), heldout, accuracy, path)
 
 
 @torch.no_grad()

@@ -112,19 +112,32 @@ def test_classifier_learns_digits_and_is_cached(digits8, tmp_path):
     first = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8, progress=False)
     assert first.heldout_accuracy > 0.85  # chance is 0.1
     assert first.path == tmp_path / "classifier-digits-1x8x8.safetensors" and first.path.is_file()
-    # The held-out accuracy is real: predictions on a known split agree with it.
-    assert metrics.predict_probs(first.net, images).argmax(1).eq(labels).double().mean() > 0.85
+    # The recorded accuracy is that of the held-out images.
+    predicted = metrics.predict_probs(first.net, images[first.heldout]).argmax(1)
+    assert predicted.eq(labels[first.heldout]).double().mean().item() == pytest.approx(first.heldout_accuracy)
+
+    heldout, train = metrics.heldout_split(len(images))
+    assert len(heldout) == round(0.2 * len(images)) and not set(heldout.tolist()) & set(train.tolist())
+    assert torch.equal(first.heldout, heldout)
 
     again = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=1, progress=False)
-    assert again.heldout_accuracy == first.heldout_accuracy
+    assert again.heldout_accuracy == first.heldout_accuracy and torch.equal(again.heldout, heldout)
     probe = torch.rand(9, 1, 8, 8)
     torch.testing.assert_close(metrics.extract_features(again.net, probe), metrics.extract_features(first.net, probe))
     assert metrics.extract_features(first.net, probe).shape == (9, 64)
 
+    # A corrupted cache file is replaced, not trusted.
+    first.path.write_bytes(b"not a safetensors file")
+    rebuilt = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8,
+                                               progress=False)
+    assert rebuilt.heldout_accuracy == first.heldout_accuracy  # same seed, same training
+    torch.testing.assert_close(metrics.extract_features(rebuilt.net, probe), metrics.extract_features(first.net, probe))
+
     # A different training set under the same key is not served from the stale cache.
     retrained = metrics.load_or_train_classifier("digits", images[:500], labels[:500], cache_dir=tmp_path,
                                                  epochs=1, progress=False)
-    assert not torch.allclose(metrics.extract_features(retrained.net, probe), metrics.extract_features(first.net, probe))
+    features = metrics.extract_features(first.net, probe)
+    assert not torch.allclose(metrics.extract_features(retrained.net, probe), features)
 
 
 def test_classifier_rejects_bad_labels(digits8):
