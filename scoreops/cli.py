@@ -125,11 +125,16 @@ def _data_images(config: dict, data_dir: str | None) -> torch.Tensor:
     return load_images(config["dataset"], data_dir or config.get("data_dir"), config["image_size"])
 
 
-def _run_folder(checkpoint: str) -> Path:
-    """The run folder (holding ``loss.csv``) of a checkpoint folder or run folder."""
-    from .checkpoint import resolve_checkpoint
+def _loss_runs(checkpoint: str) -> list[Path]:
+    """The run folder of a checkpoint when it holds the run's ``loss.csv``, else nothing."""
+    from .checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
 
-    return resolve_checkpoint(checkpoint).parent.parent
+    folder = resolve_checkpoint(checkpoint)
+    run = folder.parent.parent
+    if folder.parent.name == CHECKPOINTS_DIR and (run / "loss.csv").is_file():
+        return [run]
+    print(f"no loss.csv beside checkpoint {folder}: skipping the loss figure (pass --loss-runs to draw it)")
+    return []
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -200,7 +205,7 @@ def cmd_figures(args: argparse.Namespace) -> Path:
     device = _device(args.device)
     model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
     out = output_folder(args.out)
-    loss_runs = args.loss_runs if args.loss_runs is not None else [_run_folder(args.checkpoint)]
+    loss_runs = _loss_runs(args.checkpoint) if args.loss_runs is None else args.loss_runs
     make_figures(model, sde, _data_images(config, args.data_dir), out, loss_runs=loss_runs, steps=args.steps,
                  milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed, device=device,
                  backend=args.backend)
@@ -304,6 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
         for path in figure_paths + [md_path]:
             shutil.copy2(path, target / path.name)
         print(f"copied the figures and the comparison table to {target}")
+    print(f"samples: {samples_dir}\nfigures: {figures_dir}\ncomparison: {md_path}")
     return out
 
 
@@ -332,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default="milstein", help="sampler (default: %(default)s)")
     _add_sampler_options(p)
     p.add_argument("--num-samples", type=_positive_int, default=64, help="samples to draw (default: %(default)s)")
-    p.add_argument("--snr", type=_positive_float, default=0.16, help="PC corrector signal-to-noise ratio (default: %(default)s)")
+    p.add_argument("--snr", type=_positive_float, default=0.16,
+                   help="PC corrector signal-to-noise ratio (default: %(default)s)")
     p.add_argument("--correction", choices=("time", "ito"), default="time",
                    help="Milstein correction: time (the paper's dg/dt) or ito (dg/dx = 0, equals EM) "
                         "(default: %(default)s)")

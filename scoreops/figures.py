@@ -218,8 +218,9 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
     out = Path(out_dir)
     shape = tuple(data_images.shape[1:])
     sample = dict(seed=seed, device=device, backend=backend)
+    curves = {run_title(run): read_loss(run) for run in loss_runs}  # before the sampling, to fail early
     paths = []
-    with tqdm(total=4 + bool(loss_runs), desc="figures", unit="fig", disable=not progress) as bar:
+    with tqdm(total=4 + bool(curves), desc="figures", unit="fig", disable=not progress) as bar:
         index = int(torch.randint(len(data_images), (), generator=torch.Generator().manual_seed(seed)))
         paths.append(_save(forward_diffusion_figure(data_images[index], sde, seed=seed),
                            out / "fig1_forward_diffusion.png"))
@@ -237,8 +238,7 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
         paths.append(_save(runs_figure(runs, "One model, four samplers, one seed",
                                        nrow=math.ceil(math.sqrt(samplers_shown))), out / "fig4_samplers.png"))
         bar.update()
-        if loss_runs:
-            curves = {run_title(run): read_loss(run) for run in loss_runs}
+        if curves:
             paths.append(_save(loss_figure(curves), out / "fig5_loss.png"))
             bar.update()
     return paths

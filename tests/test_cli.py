@@ -1,6 +1,7 @@
 """Every ``scoreops`` subcommand on a tiny model, and the one-line errors of bad input."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,17 @@ def test_figures_command(tiny_run, tmp_path, capsys):
     with Image.open(out / "fig3_interpolation.png") as png:  # four rows of eight 8x8 images
         assert png.size == (grid_side(8, 8), (4 * 9 + 1) * 8)
     assert figures.run_title(tiny_run) == f"{tiny_run.name}\nembed_dim 16, padding 1"
+
+
+def test_figures_of_a_checkpoint_without_loss_log_skip_the_loss_figure(tiny_run, tmp_path, capsys):
+    checkpoint = tmp_path / "copied"
+    shutil.copytree(next((tiny_run / "checkpoints").iterdir()), checkpoint)
+    code, stdout, _ = run(capsys, "figures", "--checkpoint", checkpoint, "--steps", 2, "--milstein-steps", 2,
+                          "--tol", 1e-1, "--device", "cpu", "--out", tmp_path / "figs")
+    assert code == 0 and "skipping the loss figure" in stdout
+    assert len(list((tmp_path / "figs").glob("fig*.png"))) == 4
+    code, _, err = run(capsys, "figures", "--checkpoint", checkpoint, "--loss-runs", tmp_path, "--out", tmp_path)
+    one_line_error(code, err, "scoreops: error:", "loss.csv")
 
 
 def test_bench_runs_a_benchmark(tmp_path, capsys):
