@@ -1,6 +1,9 @@
 """Build scoreops._C (CPU kernels always; CUDA kernels when a toolkit is found) and map kernels/
 to scoreops.kernels.
 
+    pip install --no-build-isolation .                       # against the installed torch
+    python setup.py build_ext --inplace                      # development: scoreops/_C*.so
+
 Environment flags:
     SCOREOPS_CUDA=auto|1|0    build the CUDA kernels: when nvcc and a CUDA torch are found (auto,
                               the default), always (1, fails without a toolkit), or never (0).
@@ -23,6 +26,29 @@ from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
+# No -std: BuildExtension adds the C++ standard the installed torch's headers need.
+CXX_FLAGS = [
+    "-O3",
+    # at::parallel_for's OpenMP backend is inline in ATen's headers: without -fopenmp here it
+    # silently runs on one thread. Linking -fopenmp records libgomp.so.1, which the loader
+    # resolves to the copy torch has already loaded (same soname), so there is one OpenMP runtime
+    # and torch.set_num_threads applies to these kernels too.
+    "-fopenmp",
+    # No a*b+c fusion: the vectorised and scalar clones of the CPU loops, the CUDA kernels
+    # (-fmad=false) and the torch reference then round every operation the same way.
+    "-ffp-contract=off",
+    # sqrtf without an errno branch, so that the noise loops vectorise.
+    "-fno-math-errno",
+]
+NVCC_FLAGS = ["-O3", "-fmad=false"]
+LINK_FLAGS = ["-fopenmp"]
+
+
+def _abi3_tag() -> str:
+    """Wheel tag of the stable ABI that torch compiles py_limited_api extensions for (-DPy_LIMITED_API)."""
+    version = int(cpp_extension.min_supported_cpython, 16)
+    return f"cp{version >> 24}{(version >> 16) & 0xFF}"
+
 
 def _want_cuda() -> bool:
     flag = os.environ.get("SCOREOPS_CUDA", "auto").lower()
@@ -37,6 +63,7 @@ def _want_cuda() -> bool:
 
 
 def _gencode_flags() -> list[str]:
+    """Explicit targets: torch's default asks the (possibly absent) GPU for its architecture."""
     archs = [a.strip().replace(".", "") for a in os.environ.get("SCOREOPS_CUDA_ARCHS", "80;90").split(";") if a.strip()]
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
@@ -45,18 +72,12 @@ def _gencode_flags() -> list[str]:
 
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
-    extra = {"cxx": cxx}
-    link = ["-fopenmp"]
-    if _want_cuda():
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["cxx"] = cxx + ["-DSCOREOPS_WITH_CUDA"]
-        extra["nvcc"] = ["-O3", "-std=c++17", "-DSCOREOPS_WITH_CUDA"] + _gencode_flags()
-        return cpp_extension.CUDAExtension("scoreops._C", sources, extra_compile_args=extra,
-                                           extra_link_args=link, include_dirs=[os.path.join(ROOT, "csrc")],
-                                           py_limited_api=True)
-    return cpp_extension.CppExtension("scoreops._C", sources, extra_compile_args=extra, extra_link_args=link,
-                                      include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=LINK_FLAGS, py_limited_api=True)
+    if not _want_cuda():
+        return cpp_extension.CppExtension("scoreops._C", sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    flags = {"cxx": CXX_FLAGS + ["-DSCOREOPS_WITH_CUDA"], "nvcc": NVCC_FLAGS + _gencode_flags()}
+    return cpp_extension.CUDAExtension("scoreops._C", sources, extra_compile_args=flags, **common)
 
 
 setup(
@@ -64,5 +85,6 @@ setup(
     package_dir={"scoreops": "scoreops", "scoreops.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    # One abi3 wheel serves every later Python: the module uses only the limited C API (no pybind11).
+    options={"bdist_wheel": {"py_limited_api": _abi3_tag()}},
 )

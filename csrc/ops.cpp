@@ -1,0 +1,149 @@
+// scoreops._C: the op schemas (see docs/kernels.md), the input checks shared by the CPU and CUDA
+// kernels, and the module stub that makes `import scoreops._C` load this library.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "ops.h"
+
+extern "C" {
+// Importing the module only has to load the .so: its static initialisers register the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace scoreops {
+namespace {
+
+// Philox counter word c0 is the group index j / 4 of a sample's elements, a uint32.
+constexpr int64_t kMaxPerSample = int64_t{4} << 32;
+
+bool built_with_cuda() {
+#ifdef SCOREOPS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool is_data_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_data(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_TYPE(is_data_dtype(t.scalar_type()), op, ": ", name, " must be float32, float16 or bfloat16, got ",
+                   t.scalar_type());
+}
+
+void check_batch(const char* op, const at::Tensor& t, const char* name) {
+  check_data(op, t, name);
+  TORCH_CHECK_VALUE(t.dim() >= 1, op, ": ", name, " must have a leading batch dimension, got a 0-d tensor");
+  TORCH_CHECK_VALUE(per_sample_numel(t) < kMaxPerSample, op, ": ", name, " has ", per_sample_numel(t),
+                    " elements per sample; the noise stream supports fewer than 2**34");
+}
+
+void check_like(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": ", name, " has shape ", t.sizes(), " but ", ref_name,
+                    " has shape ", ref.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+                   ref_name, " has dtype ", ref.scalar_type());
+}
+
+void check_counter(const char* op, const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name, " must be an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.numel() == 1, op, ": ", name, " must have exactly one element, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device(), " but the data is on ", device);
+}
+
+CoefMode check_coef(const char* op, const at::Tensor& c, const char* name, const at::Tensor& x, int64_t batch,
+                    int64_t dim) {
+  TORCH_CHECK_VALUE(c.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", c.scalar_type());
+  TORCH_CHECK_VALUE(c.device() == x.device(), op, ": ", name, " is on ", c.device(), " but x is on ", x.device());
+  const int64_t n = c.numel();
+  if (n == 1) {
+    return CoefMode::kScalar;
+  }
+  if (n == batch) {
+    return CoefMode::kPerSample;
+  }
+  TORCH_CHECK_VALUE(n == batch * dim, op, ": ", name, " must have 1, B=", batch, " or numel(x)=", batch * dim,
+                    " elements, got shape ", c.sizes());
+  return CoefMode::kPerElement;
+}
+
+void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs,
+                  const char* coeffs_name) {
+  check_data(op, y, "y");
+  TORCH_CHECK_VALUE(!ks.empty() && ks.size() == coeffs.size(), op, ": need one ", coeffs_name,
+                    " coefficient per stage: ", ks.size(), " stages, ", coeffs.size(), " coefficients");
+  for (size_t j = 0; j < ks.size(); ++j) {
+    const std::string name = "ks[" + std::to_string(j) + "]";
+    check_like(op, ks[j], name.c_str(), y, "y");
+  }
+}
+
+}  // namespace
+
+StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                         const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step) {
+  constexpr const char* op = "sde_step";
+  check_batch(op, x, "x");
+  check_like(op, s, "s", x, "x");
+  check_counter(op, seed, "seed", x.device());
+  check_counter(op, step, "step", x.device());
+  const int64_t batch = x.size(0), dim = per_sample_numel(x);
+  return {batch, dim, check_coef(op, a, "a", x, batch, dim), check_coef(op, b, "b", x, batch, dim),
+          check_coef(op, c, "c", x, batch, dim)};
+}
+
+void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step) {
+  constexpr const char* op = "sample_sq_norms";
+  check_batch(op, s, "s");
+  check_counter(op, seed, "seed", s.device());
+  check_counter(op, step, "step", s.device());
+}
+
+void check_philox(const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel) {
+  constexpr const char* op = "philox";
+  TORCH_CHECK_VALUE(seed.defined(), op, ": seed is undefined");
+  check_counter(op, seed, "seed", seed.device());
+  check_counter(op, step, "step", seed.device());
+  TORCH_CHECK_VALUE(batch >= 0, op, ": batch must be non-negative, got ", batch);
+  TORCH_CHECK_VALUE(numel >= 0 && numel < kMaxPerSample, op, ": numel must be in [0, 2**34), got ", numel);
+}
+
+void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs) {
+  check_stages("rk_combine", y, ks, coeffs, "stage");
+}
+
+void check_rk_error_sq(const at::Tensor& y, const at::Tensor& y_new, at::TensorList ks, at::ArrayRef<double> e) {
+  check_stages("rk_error_sq", y, ks, e, "error");
+  check_like("rk_error_sq", y_new, "y_new", y, "y");
+}
+
+TORCH_LIBRARY(scoreops, m) {
+  // A catch-all kernel (no dispatch key): callable without any tensor.
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+  m.def("philox_bits(Tensor seed, Tensor step, int lane, int sample_offset, int batch, int numel) -> Tensor");
+  m.def("philox_normal(Tensor seed, Tensor step, int lane, int sample_offset, int batch, int numel) -> Tensor");
+  m.def(
+      "sde_step(Tensor x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
+      "int sample_offset, bool add_noise) -> Tensor");
+  m.def(
+      "sde_step_(Tensor(a!) x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
+      "int sample_offset, bool add_noise) -> ()");
+  m.def("sample_sq_norms(Tensor s, Tensor seed, Tensor step, int lane, int sample_offset, bool with_noise) -> Tensor");
+  m.def("rk_combine(Tensor y, Tensor[] ks, float[] coeffs, float h) -> Tensor");
+  m.def("rk_error_sq(Tensor y, Tensor y_new, Tensor[] ks, float[] e, float h, float atol, float rtol) -> Tensor");
+}
+
+}  // namespace scoreops

@@ -1,0 +1,45 @@
+// Declarations shared by the CPU and CUDA kernels of scoreops._C: the input checks (defined in
+// ops.cpp, one place for every error message) and the dtype dispatch.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace scoreops {
+
+// How a step coefficient (a, b or c of sde_step) is indexed for element j of sample i.
+enum class CoefMode : int32_t {
+  kScalar = 0,     // numel 1: value[0]
+  kPerSample = 1,  // numel B: value[i]
+  kPerElement = 2  // numel B*D: value[i*D + j]
+};
+
+// The (B, D) view of sde_step's x and the layout of its coefficients.
+struct StepShape {
+  int64_t batch;
+  int64_t dim;
+  CoefMode a, b, c;
+};
+
+// Each check raises c10::Error (RuntimeError/ValueError/TypeError in Python) naming the argument.
+StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                         const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step);
+void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step);
+void check_philox(const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
+void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs);
+void check_rk_error_sq(const at::Tensor& y, const at::Tensor& y_new, at::TensorList ks, at::ArrayRef<double> e);
+
+// Elements per sample of a (B, ...) tensor; 0 when B is 0.
+inline int64_t per_sample_numel(const at::Tensor& t) {
+  return t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+}
+
+}  // namespace scoreops
+
+// Runs the lambda with scalar_t = float, at::Half or at::BFloat16: the data types of the ops.
+#define SCOREOPS_DISPATCH_FLOATS(TYPE, NAME, ...)                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
