@@ -146,7 +146,7 @@ main() {
     return 0
   fi
   stage tests 150 gpu_tests
-  stage bench_steps 110 bench bench_steps --min-run-time 0.05
+  stage bench_steps 120 bench bench_steps --min-run-time 0.03
   stage bench_samplers 130 bench bench_samplers
   echo "== summary (${SECONDS}s)"
   printf '  %s\n' "${SUMMARY[@]}"

@@ -73,7 +73,7 @@ def test_bench_steps_writes_consistent_results(tmp_path):
     assert Path(paths[0]).name == f"steps-{common.device_slug('cpu')}.json"
     assert MACHINE_KEYS <= set(result["machine"])
     backends = bench_steps.fused_backends(torch.device("cpu"))
-    assert "torch" in backends and "triton" not in backends
+    assert "cpu" in backends and "torch" not in backends and "triton" not in backends
     rows = result["rows"]
     assert [(r["shape"], r["op"], r["backend"]) for r in rows] == [
         (shape, op, b) for shape in ("3x5x7", "64x1") for op in ops for b in backends]
@@ -97,6 +97,22 @@ def test_bench_steps_times_torch_compile(tmp_path):
     (row,) = _load(paths)[0]["rows"]
     assert row["compile_ms"] > 0
     assert row["speedup_vs_compile"] == pytest.approx(row["compile_ms"] / row["fused_ms"])
+
+
+def test_bench_steps_records_a_failed_compile(tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="no C.. compiler"):
+        paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--sizes", "2x9", "--ops", "em",
+                                  "--backends", "torch", "--out", str(tmp_path)])
+    (row,) = _load(paths)[0]["rows"]
+    assert row["compile_error"] == "RuntimeError: no C++ compiler"
+    assert row["compile_ms"] is None and row["speedup_vs_compile"] is None
+    assert row["fused_ms"] > 0 and row["eager_ms"] > 0
 
 
 @pytest.mark.parametrize("argv, error, match", [
