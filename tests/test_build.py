@@ -1,0 +1,124 @@
+"""The built extension scoreops._C: its op registry, its build configuration (CUDA kernels when
+a toolkit was there, one OpenMP runtime, nothing of the GPU needed by the CPU kernels), and
+CPU results that do not depend on the thread count.
+
+The CPU-only build itself (SCOREOPS_CUDA=0) takes a minute or two on two cores, so it runs only
+with SCOREOPS_TEST_BUILD=1.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoreops import ops, torch_ops
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ("built_with_cuda", "philox_bits", "philox_normal", "sde_step", "sde_step_", "sample_sq_norms",
+       "rk_combine", "rk_error_sq")
+
+
+@pytest.fixture(scope="module")
+def scoreops_c():
+    if ops._load_cpp() is not None:
+        pytest.fail(f"scoreops._C is not built: {ops._load_cpp()}")
+    import scoreops._C as ext
+    return ext
+
+
+def _run_python(code: str, **env) -> str:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_every_op_of_the_contract_is_registered(scoreops_c):
+    for name in OPS:
+        assert hasattr(torch.ops.scoreops, name), name
+    assert isinstance(torch.ops.scoreops.built_with_cuda(), bool)
+
+
+def _toolkit_found() -> bool:
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return shutil.which("nvcc") is not None or os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+
+
+@pytest.mark.skipif(os.environ.get("SCOREOPS_CUDA", "auto").lower() in ("0", "off", "false", "no"),
+                    reason="SCOREOPS_CUDA=0 builds without CUDA kernels on purpose")
+def test_cuda_kernels_are_built_where_a_toolkit_is(scoreops_c):
+    expected = torch.version.cuda is not None and _toolkit_found()
+    assert torch.ops.scoreops.built_with_cuda() == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_one_openmp_runtime_is_loaded(scoreops_c):
+    # The extension links libgomp.so.1 for at::parallel_for; it must reuse torch's copy.
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+def test_cpu_kernels_need_no_gpu(scoreops_c):
+    out = _run_python("""
+        import torch
+        import scoreops._C
+        x = torch.randn(3, 5)
+        one = torch.ones(1)
+        seed, step = torch.tensor([7]), torch.tensor([1])
+        y = torch.ops.scoreops.sde_step(x, x, one, one, one, seed, step, 0, 0, True)
+        torch.ops.scoreops.sample_sq_norms(y, seed, step, 1, 0, True)
+        print(torch.cuda.is_initialized())
+    """, CUDA_VISIBLE_DEVICES="")
+    assert out.strip() == "False"
+
+
+def _cpu_results(x, s, coef, seed):
+    seed_t, step_t = torch.tensor([seed]), torch.tensor([3])
+    ks = [s, x, s * 2]
+    return (torch.ops.scoreops.sde_step(x, s, coef, coef, coef, seed_t, step_t, 0, 0, True),
+            torch.ops.scoreops.sample_sq_norms(s, seed_t, step_t, 1, 0, True),
+            torch.ops.scoreops.rk_error_sq(x, s, ks, [0.3, -0.2, 0.1], 0.01, 1e-5, 1e-3))
+
+
+def test_cpu_results_do_not_depend_on_the_thread_count(scoreops_c, seed):
+    x = torch.randn(6, 3, 67, 61)  # many tiles per sample, a partial last tile
+    s = torch.randn_like(x)
+    coef = torch.rand(6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = _cpu_results(x, s, coef, seed)
+        torch.set_num_threads(max(threads, 2))
+        parallel = _cpu_results(x, s, coef, seed)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SCOREOPS_TEST_BUILD") != "1", reason="set SCOREOPS_TEST_BUILD=1 to build (1-2 min)")
+def test_cpu_only_build(tmp_path, seed):
+    env = {**os.environ, "SCOREOPS_CUDA": "0"}
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                    "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, check=True, capture_output=True)
+    (library,) = (tmp_path / "lib" / "scoreops").glob("_C*.so")
+    x, half = torch.randn(4, 37), torch.full((1,), 0.5)
+    want = torch_ops.sde_step(x, x, half, half, half, torch.tensor([seed]), torch.tensor([2]), 0, 0, True)
+    torch.save({"x": x, "want": want, "seed": seed}, tmp_path / "case.pt")
+    out = _run_python(f"""
+        import torch
+        torch.ops.load_library({str(library)!r})
+        case = torch.load({str(tmp_path / "case.pt")!r})
+        x, half = case["x"], torch.full((1,), 0.5)
+        got = torch.ops.scoreops.sde_step(x, x, half, half, half, torch.tensor([case["seed"]]), torch.tensor([2]),
+                                          0, 0, True)
+        torch.testing.assert_close(got, case["want"], rtol=1e-5, atol=1e-5)
+        print(torch.ops.scoreops.built_with_cuda())
+    """)
+    assert out.strip() == "False"
