@@ -110,14 +110,16 @@ build() {
     "$PY" -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir --target "$SITE" .
   # Import from outside the source tree, so that the installed package is the one checked.
   (cd "$SITE" && "$PY" -c 'import torch, scoreops.ops as ops
-ops.available_backends("cpu")
+assert "cpu" in ops.available_backends("cpu"), "scoreops._C does not load"
 assert torch.ops.scoreops.built_with_cuda(), "scoreops._C was built without its CUDA kernels"
-print("built:", ops.__file__)')
+print("built:", ops.__file__, "| backends on cuda:", ops.available_backends("cuda") if torch.cuda.is_available() else "-")')
 }
 
 gpu_tests() {
-  # From tests/, so that the installed package, not the source tree, is imported.
-  (cd tests && "$PY" -m pytest -m cuda -q -n 4 -p no:cacheprovider --junitxml="$OUT/tests.xml")
+  # From tests/, so that the installed package, not the source tree, is imported. One module that
+  # fails to import under this torch must not keep the others from running on the one lent GPU.
+  (cd tests && "$PY" -m pytest -m cuda -q -n 4 -p no:cacheprovider --continue-on-collection-errors \
+    --junitxml="$OUT/tests.xml")
 }
 
 bench() {
