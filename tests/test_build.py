@@ -1,10 +1,11 @@
 """The built extension scoreops._C: its op registry, its build configuration (CUDA kernels when
-a toolkit was there, one OpenMP runtime, nothing of the GPU needed by the CPU kernels), and
+a toolkit was there, torch's OpenMP runtime, nothing of the GPU needed by the CPU kernels), and
 CPU results that do not depend on the thread count.
 
 The CPU-only build itself (SCOREOPS_CUDA=0) takes a minute or two on two cores, so it runs only
 with SCOREOPS_TEST_BUILD=1.
 """
+import ctypes
 import os
 import shutil
 import subprocess
@@ -55,12 +56,19 @@ def test_cuda_kernels_are_built_where_a_toolkit_is(scoreops_c):
     assert torch.ops.scoreops.built_with_cuda() == expected
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_one_openmp_runtime_is_loaded(scoreops_c):
-    # The extension links libgomp.so.1 for at::parallel_for; it must reuse torch's copy.
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
-    assert len(runtimes) <= 1, runtimes
+def _omp_entry(library: str) -> int:
+    """Address of the omp_get_max_threads that `library` (already loaded) resolves to."""
+    return ctypes.cast(ctypes.CDLL(library).omp_get_max_threads, ctypes.c_void_p).value
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux shared-library layout")
+@pytest.mark.skipif("ATen parallel backend: OpenMP" not in torch.__config__.parallel_info(),
+                    reason="torch does not use OpenMP")
+def test_extension_shares_torchs_openmp_runtime(scoreops_c):
+    # The extension links libgomp for at::parallel_for; a second OpenMP runtime would ignore
+    # torch.set_num_threads and oversubscribe the cores.
+    (torch_cpu,) = (Path(torch.__file__).parent / "lib").glob("libtorch_cpu.so")
+    assert _omp_entry(scoreops_c.__file__) == _omp_entry(str(torch_cpu))
 
 
 def test_cpu_kernels_need_no_gpu(scoreops_c):
