@@ -112,8 +112,7 @@ void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at
   check_counter(op, step, "step", s.device());
 }
 
-void check_philox(const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel) {
-  constexpr const char* op = "philox";
+void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel) {
   TORCH_CHECK_VALUE(seed.defined(), op, ": seed is undefined");
   check_counter(op, seed, "seed", seed.device());
   check_counter(op, step, "step", seed.device());

@@ -27,7 +27,7 @@ struct StepShape {
 StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                          const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step);
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step);
-void check_philox(const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
+void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs);
 void check_rk_error_sq(const at::Tensor& y, const at::Tensor& y_new, at::TensorList ks, at::ArrayRef<double> e);
 

@@ -151,7 +151,7 @@ namespace {
 
 at::Tensor philox_bits(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                        int64_t batch, int64_t numel) {
-  check_philox(seed, step, batch, numel);
+  check_philox("philox_bits", seed, step, batch, numel);
   const int64_t words = 4 * ((numel + 3) / 4);
   at::Tensor out = at::empty({batch, words}, seed.options().dtype(at::kInt));
   const int64_t seed_v = read_counter(seed), step_v = read_counter(step);
@@ -165,7 +165,7 @@ at::Tensor philox_bits(const at::Tensor& seed, const at::Tensor& step, int64_t l
 
 at::Tensor philox_normal(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                          int64_t batch, int64_t numel) {
-  check_philox(seed, step, batch, numel);
+  check_philox("philox_normal", seed, step, batch, numel);
   at::Tensor out = at::empty({batch, numel}, seed.options().dtype(at::kFloat));
   const int64_t seed_v = read_counter(seed), step_v = read_counter(step);
   float* data = out.mutable_data_ptr<float>();

@@ -55,7 +55,7 @@ void combine_finish(const float* y, float h, int64_t n, float* __restrict acc) {
   }
 }
 
-// (h err / (atol + rtol max(|y|, |y_new|)))^2 elementwise, into err.
+// err <- h err / (atol + rtol max(|y|, |y_new|)) elementwise; rk_error_sq sums the squares.
 SCOREOPS_CPU_CLONES
 void scaled_error(const float* y, const float* y_new, float h, float atol, float rtol, int64_t n,
                   float* __restrict err) {

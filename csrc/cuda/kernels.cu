@@ -317,7 +317,7 @@ Noise make_noise(const at::Tensor& seed, const at::Tensor& step, int64_t lane, i
 
 at::Tensor philox_bits(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                        int64_t batch, int64_t numel) {
-  check_philox(seed, step, batch, numel);
+  check_philox("philox_bits", seed, step, batch, numel);
   const c10::cuda::CUDAGuard guard(seed.device());
   const int64_t groups = (numel + 3) / 4;
   at::Tensor out = at::empty({batch, 4 * groups}, seed.options().dtype(at::kInt));
@@ -332,7 +332,7 @@ at::Tensor philox_bits(const at::Tensor& seed, const at::Tensor& step, int64_t l
 
 at::Tensor philox_normal(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                          int64_t batch, int64_t numel) {
-  check_philox(seed, step, batch, numel);
+  check_philox("philox_normal", seed, step, batch, numel);
   const c10::cuda::CUDAGuard guard(seed.device());
   at::Tensor out = at::empty({batch, numel}, seed.options().dtype(at::kFloat));
   if (out.numel() == 0) {
