@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import scoreops
 from scoreops import ops, torch_ops
 
 ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the scoreops this test imported (the source tree or site-packages), so that
+# subprocesses load the same build.
+PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])
 OPS = ("built_with_cuda", "philox_bits", "philox_normal", "sde_step", "sde_step_", "sample_sq_norms",
        "rk_combine", "rk_error_sq")
 
@@ -32,8 +36,9 @@ def scoreops_c():
 
 
 def _run_python(code: str, **env) -> str:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT / "tests", capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": path, **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
