@@ -81,7 +81,7 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
         "scoreops": scoreops.__version__,
         "platform": platform.platform(),
         # Other processes on the machine slow every variant, though not always alike: say how busy it was.
-        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -90,15 +90,21 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
     return info
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the platform has them."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def describe_machine(info: dict[str, Any]) -> str:
-    """One markdown line naming the machine of :func:`machine_info`."""
+    """One markdown line naming the machine of :func:`machine_info` (and the load at the end, once known)."""
     where = info["device_name"]
     if info["device"] == "cuda":
         where += f" (CUDA {info['cuda']}, host {info['host_cpu']})"
-    load = ", ".join(f"{v:g}" for v in info["load_average"]) if info["load_average"] else "n/a"
+    loads = [f"{when} {', '.join(f'{v:g}' for v in info[key])}"
+             for when, key in (("at start", "load_average"), ("at end", "load_average_end")) if info.get(key)]
     return (f"Machine: **{where}**, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads; "
             f"torch {info['torch']}, triton {info['triton']}, Python {info['python']}; {info['date']}; "
-            f"load average at start {load}.")
+            f"load average {'; '.join(loads) or 'n/a'}.")
 
 
 def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, float]]:
@@ -271,9 +277,12 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
                   notes: str = "") -> tuple[Path, Path]:
     """Write ``<name>-<device slug>.json`` and ``.md`` under ``out_dir``; returns their paths.
 
-    The JSON holds the machine (:func:`machine_info`), the settings and every row; the markdown
+    The JSON holds the machine (:func:`machine_info`, plus the load average at the end), the settings
+    and every row; the markdown
     holds the title, the machine line, the table of ``columns`` and ``notes``.
     """
+    # Written when the run is over: the load then says whether other work shared the machine with it.
+    info = {**info, "load_average_end": load_average()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{slug(info['device_name'])}"

@@ -20,7 +20,7 @@ except ImportError:  # a source checkout, run from the repository root
 
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 MACHINE_KEYS = {"device", "device_name", "host_cpu", "cpu_count", "torch_threads", "date", "python", "torch",
-                "triton", "scoreops", "load_average"}
+                "triton", "scoreops", "load_average", "load_average_end"}
 
 
 def _load(paths):
@@ -81,13 +81,13 @@ def test_bench_steps_writes_consistent_results(tmp_path):
         assert r["numel"] == math.prod(int(d) for d in r["shape"].split("x"))
         assert r["bytes_per_element"] == (16 if r["op"] == "langevin" else 12)
         assert r["fused_ms"] > 0 and r["eager_ms"] > 0 and r["copy_gbps"] > 0
-        assert r["compile_ms"] is None and r["speedup_vs_compile"] is None
+        assert r["compile_ms"] is None and r["compile_aten_rng_ms"] is None and r["speedup_vs_compile"] is None
         assert r["fused_gbps"] == pytest.approx(r["bytes_per_element"] * r["numel"] / (r["fused_ms"] * 1e6))
         assert r["fraction_of_copy"] == pytest.approx(r["fused_gbps"] / r["copy_gbps"])
         assert r["speedup_vs_eager"] == pytest.approx(r["eager_ms"] / r["fused_ms"])
     cells = _check_markdown(md, result, bench_steps.COLUMNS)
     assert [row[:3] for row in cells] == [[r["op"], r["shape"], r["backend"]] for r in rows]
-    assert all(row[5] == "-" for row in cells)  # the compile column, not measured
+    assert all(row[5] == row[6] == "-" for row in cells)  # the compile columns, not measured
 
 
 @pytest.mark.slow
@@ -95,8 +95,9 @@ def test_bench_steps_times_torch_compile(tmp_path):
     paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--sizes", "2x9", "--ops", "milstein",
                               "--backends", "torch", "--out", str(tmp_path)])
     (row,) = _load(paths)[0]["rows"]
-    assert row["compile_ms"] > 0
-    assert row["speedup_vs_compile"] == pytest.approx(row["compile_ms"] / row["fused_ms"])
+    assert row["compile_ms"] > 0 and row["compile_aten_rng_ms"] > 0 and row["compile_errors"] == {}
+    best = min(row["compile_ms"], row["compile_aten_rng_ms"])
+    assert row["speedup_vs_compile"] == pytest.approx(best / row["fused_ms"])
 
 
 def test_bench_steps_records_a_failed_compile(tmp_path, monkeypatch):
@@ -110,8 +111,8 @@ def test_bench_steps_records_a_failed_compile(tmp_path, monkeypatch):
         paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--sizes", "2x9", "--ops", "em",
                                   "--backends", "torch", "--out", str(tmp_path)])
     (row,) = _load(paths)[0]["rows"]
-    assert row["compile_error"] == "RuntimeError: no C++ compiler"
-    assert row["compile_ms"] is None and row["speedup_vs_compile"] is None
+    assert row["compile_errors"] == {mode: "RuntimeError: no C++ compiler" for mode in bench_steps.COMPILE_MODES}
+    assert row["compile_ms"] is None and row["compile_aten_rng_ms"] is None and row["speedup_vs_compile"] is None
     assert row["fused_ms"] > 0 and row["eager_ms"] > 0
 
 
