@@ -277,9 +277,9 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
                   notes: str = "") -> tuple[Path, Path]:
     """Write ``<name>-<device slug>.json`` and ``.md`` under ``out_dir``; returns their paths.
 
-    The JSON holds the machine (:func:`machine_info`, plus the load average at the end), the settings
-    and every row; the markdown
-    holds the title, the machine line, the table of ``columns`` and ``notes``.
+    The JSON holds the machine (:func:`machine_info`, plus the load average at the end), the
+    settings and every row; the markdown holds the title, the machine line, the table of
+    ``columns`` and ``notes``.
     """
     # Written when the run is over: the load then says whether other work shared the machine with it.
     info = {**info, "load_average_end": load_average()}
