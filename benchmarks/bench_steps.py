@@ -228,7 +228,8 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
 
 
 COLUMNS = [
-    common.Column("op", "op"), common.Column("shape", "shape"), common.Column("backend", "backend"),
+    common.Column("op", "op"), common.Column("shape", "shape"), common.Column("numel", "elements", common.format_count),
+    common.Column("backend", "backend"),
     common.Column("fused_ms", "fused ms", "{:.3g}"), common.Column("eager_ms", "eager ms", "{:.3g}"),
     common.Column("compile_ms", "compile ms", "{:.3g}"),
     common.Column("compile_aten_rng_ms", "compile (aten rng) ms", "{:.3g}"),
@@ -245,8 +246,9 @@ kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `com
 arithmetic. Each compiled per size and warmed up; medians of interleaved rounds.
 GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
 whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
-per element); `of copy` is fused GB/s over copy GB/s; `x eager` is the eager time over the fused
-time, `x compile` the faster compiled time over the fused time.
+per element), the floor of a memory-bound step, and `of copy` is fused GB/s over copy GB/s; where
+the last-level cache holds the tensors (see the caches above), that floor is the cache's.
+`x eager` is the eager time over the fused time, `x compile` the faster compiled time over it.
 """
 
 

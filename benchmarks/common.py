@@ -27,6 +27,43 @@ COPY_BYTES_PER_ELEMENT = 8  # dst.copy_(src) in float32: one read, one write
 
 
 # --------------------------------------------------------------------------- the machine
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")  # the ones the kernels can use
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU's vector extensions (of :data:`SIMD_FLAGS`) and its data-cache sizes, as Linux reports them.
+
+    The caches matter to a reader: where the last level holds a benchmark's tensors, the copy
+    bandwidth measured is the cache's, not the memory's.
+    """
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            if kind != "Instruction":
+                caches[f"L{(index / 'level').read_text().strip()}"] = _kib((index / "size").read_text().strip())
+        except OSError:
+            continue
+    return {"simd": [f for f in SIMD_FLAGS if f in flags], "caches": caches}
+
+
+def _kib(size: str) -> str:
+    """sysfs's ``"266240K"`` as ``"260 MiB"``; other spellings unchanged."""
+    if not (size.endswith("K") and size[:-1].isdigit()):
+        return size
+    kib = int(size[:-1])
+    return f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib} KiB"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (or what :mod:`platform` knows elsewhere)."""
     try:
@@ -72,6 +109,7 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
         "device": device.type,
         "device_name": device_name(device),
         "host_cpu": cpu_model(),
+        "host_cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -97,12 +135,15 @@ def load_average() -> list[float] | None:
 
 def describe_machine(info: dict[str, Any]) -> str:
     """One markdown line naming the machine of :func:`machine_info` (and the load at the end, once known)."""
-    where = info["device_name"]
     if info["device"] == "cuda":
-        where += f" (CUDA {info['cuda']}, host {info['host_cpu']})"
+        where = f"**{info['device_name']}** (CUDA {info['cuda']}, host {info['host_cpu']})"
+    else:
+        features = info["host_cpu_features"]
+        caches = ", ".join(f"{level} {size}" for level, size in features["caches"].items())
+        where = f"**{info['device_name']}** ({'; '.join(filter(None, (', '.join(features['simd']), caches)))})"
     loads = [f"{when} {', '.join(f'{v:g}' for v in info[key])}"
              for when, key in (("at start", "load_average"), ("at end", "load_average_end")) if info.get(key)]
-    return (f"Machine: **{where}**, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads; "
+    return (f"Machine: {where}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads; "
             f"torch {info['torch']}, triton {info['triton']}, Python {info['python']}; {info['date']}; "
             f"load average {'; '.join(loads) or 'n/a'}.")
 
@@ -254,14 +295,22 @@ def timing_settings(args: argparse.Namespace) -> dict[str, float]:
 # --------------------------------------------------------------------------- result files
 @dataclass(frozen=True)
 class Column:
-    """One column of a markdown table: the row key, its header and how to print its value."""
+    """One column of a markdown table: the row key, its header, and how to print its value
+    (a ``str.format`` pattern or a function of the value)."""
     key: str
     header: str
-    fmt: str = "{}"
+    fmt: str | Callable[[Any], str] = "{}"
 
     def cell(self, row: dict[str, Any]) -> str:
         value = row.get(self.key)
-        return "-" if value is None else self.fmt.format(value)
+        if value is None:
+            return "-"
+        return self.fmt(value) if callable(self.fmt) else self.fmt.format(value)
+
+
+def format_count(n: int) -> str:
+    """An element count for a table: ``2^22`` for a power of two, else the number (``50176``)."""
+    return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
 
 
 def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], header: bool = True) -> str:

@@ -60,9 +60,9 @@ def test_slug_names_devices_as_files():
 
 
 def test_markdown_table_formats_and_marks_missing_values():
-    columns = [common.Column("a", "A"), common.Column("b", "B", "{:.2f}")]
-    table = common.markdown_table([{"a": "x", "b": 1.0 / 3}, {"a": "y"}], columns)
-    assert table.splitlines() == ["| A | B |", "|---|---|", "| x | 0.33 |", "| y | - |"]
+    columns = [common.Column("a", "A"), common.Column("b", "B", "{:.2f}"), common.Column("n", "N", common.format_count)]
+    table = common.markdown_table([{"a": "x", "b": 1.0 / 3, "n": 2**22}, {"a": "y", "n": 50176}], columns)
+    assert table.splitlines() == ["| A | B | N |", "|---|---|---|", "| x | 0.33 | 2^22 |", "| y | - | 50176 |"]
 
 
 def test_bench_steps_writes_consistent_results(tmp_path):
@@ -86,8 +86,9 @@ def test_bench_steps_writes_consistent_results(tmp_path):
         assert r["fraction_of_copy"] == pytest.approx(r["fused_gbps"] / r["copy_gbps"])
         assert r["speedup_vs_eager"] == pytest.approx(r["eager_ms"] / r["fused_ms"])
     cells = _check_markdown(md, result, bench_steps.COLUMNS)
-    assert [row[:3] for row in cells] == [[r["op"], r["shape"], r["backend"]] for r in rows]
-    assert all(row[5] == row[6] == "-" for row in cells)  # the compile columns, not measured
+    assert [row[:4] for row in cells] == [[r["op"], r["shape"], "105" if r["numel"] == 105 else "2^6", r["backend"]]
+                                          for r in rows]
+    assert all(row[6] == row[7] == "-" for row in cells)  # the compile columns, not measured
 
 
 @pytest.mark.slow
