@@ -30,30 +30,21 @@ COPY_BYTES_PER_ELEMENT = 8  # dst.copy_(src) in float32: one read, one write
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")  # the ones the kernels can use
 
 
-def cpu_features() -> dict[str, Any]:
-    """The CPU's vector extensions (of :data:`SIMD_FLAGS`) and its data-cache sizes, as Linux reports them.
-
-    The caches matter to a reader: where the last level holds a benchmark's tensors, the copy
-    bandwidth measured is the cache's, not the memory's.
-    """
-    flags: set[str] = set()
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key starts with one of ``keys`` (Linux only)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    caches = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            kind = (index / "type").read_text().strip()
-            if kind != "Instruction":
-                caches[f"L{(index / 'level').read_text().strip()}"] = _kib((index / "size").read_text().strip())
-        except OSError:
-            continue
-    return {"simd": [f for f in SIMD_FLAGS if f in flags], "caches": caches}
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what :mod:`platform` knows elsewhere)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _kib(size: str) -> str:
@@ -64,16 +55,21 @@ def _kib(size: str) -> str:
     return f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib} KiB"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what :mod:`platform` knows elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_features() -> dict[str, Any]:
+    """The CPU's vector extensions (of :data:`SIMD_FLAGS`) and data-cache sizes, as Linux reports them.
+
+    The caches matter to a reader: where the last level holds a benchmark's tensors, the copy
+    bandwidth measured is the cache's, not the memory's.
+    """
+    flags = set((_cpuinfo("flags", "Features") or "").split())
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "type").read_text().strip() != "Instruction":
+                caches[f"L{(index / 'level').read_text().strip()}"] = _kib((index / "size").read_text().strip())
+        except OSError:
+            continue
+    return {"simd": [f for f in SIMD_FLAGS if f in flags], "caches": caches}
 
 
 def device_name(device: torch.device | str) -> str:
@@ -271,14 +267,16 @@ def format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str = "benchmarks/results") -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every benchmark takes: ``--out``, ``--device``, ``--quick``, ``--threads``, ``--rounds``,
     ``--min-run-time`` (see :func:`prepare`)."""
-    parser.add_argument("--out", default=default_out, help="folder for the JSON and markdown results (default: %(default)s)")
+    parser.add_argument("--out", default="benchmarks/results",
+                        help="folder for the JSON and markdown results (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (the GPU when there is one; default)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved timing rounds (default 3, 1 with --quick)")
     parser.add_argument("--min-run-time", type=float, default=None,
                         help="seconds of timing per variant and round (default 0.2, 0.01 with --quick)")
 

@@ -52,9 +52,10 @@ stage() {
   local took=$((SECONDS - start))
   if ((rc == 0)); then
     SUMMARY+=("$name: ok (${took}s)")
+  elif ((rc == 124 || rc == 137)); then
+    SUMMARY+=("$name: TIMED OUT after ${took}s"); FAILED+=("$name")
   else
-    ((rc == 124 || rc == 137)) && SUMMARY+=("$name: TIMED OUT after ${took}s") || SUMMARY+=("$name: FAILED, exit $rc (${took}s)")
-    FAILED+=("$name")
+    SUMMARY+=("$name: FAILED, exit $rc (${took}s)"); FAILED+=("$name")
   fi
   echo "== $name: ${SUMMARY[-1]#*: }"
 }
@@ -112,7 +113,8 @@ build() {
   (cd "$SITE" && "$PY" -c 'import torch, scoreops.ops as ops
 assert "cpu" in ops.available_backends("cpu"), "scoreops._C does not load"
 assert torch.ops.scoreops.built_with_cuda(), "scoreops._C was built without its CUDA kernels"
-print("built:", ops.__file__, "| backends on cuda:", ops.available_backends("cuda") if torch.cuda.is_available() else "-")')
+on_cuda = ops.available_backends("cuda") if torch.cuda.is_available() else "-"
+print("built:", ops.__file__, "| backends on cuda:", on_cuda)')
 }
 
 gpu_tests() {

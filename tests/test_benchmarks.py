@@ -138,8 +138,9 @@ def test_benchmarks_refuse_cuda_without_a_gpu(tmp_path):
 
 def test_bench_samplers_writes_consistent_results(tmp_path):
     samplers = ["em", "pc", "ode"]
-    paths = bench_samplers.main(["--quick", "--threads", "1", "--device", "cpu", "--models", "tiny", "--samplers", ",".join(samplers),
-                                 "--batch", "2", "--steps", "3", "--tol", "1e-2", "--out", str(tmp_path)])
+    paths = bench_samplers.main(["--quick", "--threads", "1", "--device", "cpu", "--models", "tiny",
+                                 "--samplers", ",".join(samplers), "--batch", "2", "--steps", "3", "--tol", "1e-2",
+                                 "--out", str(tmp_path)])
     result, md = _load(paths)
     assert Path(paths[0]).name == f"samplers-{common.device_slug('cpu')}.json"
     assert MACHINE_KEYS <= set(result["machine"])
