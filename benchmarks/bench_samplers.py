@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> tuple:
     print(common.markdown_table([], COLUMNS), flush=True)
     sde = VESDE(SIGMA)
     x_T = sde.prior_sample(batch, SHAPE, seed=0, device=device)
+    settings = {"models": {m: model_options("tutorial", **MODELS[m]) for m in model_names}, "samplers": sampler_names,
+                "shape": SHAPE, "sigma": SIGMA, "batch": batch, "steps": steps, "ode_tol": tol, "backend": backend,
+                "repeats": repeats, "quick": args.quick, **timing}
+    title = "Samplers end to end: scoreops vs the eager tutorial samplers"
     rows = []
     for model_name in model_names:
         model = build_model(model_name, sde, device)
@@ -235,12 +239,9 @@ def main(argv: list[str] | None = None) -> tuple:
                                            repeats, timing)
             print(common.markdown_table(sampler_rows, COLUMNS, header=False), flush=True)
             rows += sampler_rows
+            common.write_results(args.out, "samplers", title, info, settings, rows, COLUMNS, NOTES, finished=False)
         samplers.clear_graph_cache()
-    settings = {"models": {m: model_options("tutorial", **MODELS[m]) for m in model_names}, "samplers": sampler_names,
-                "shape": SHAPE, "sigma": SIGMA, "batch": batch, "steps": steps, "ode_tol": tol, "backend": backend,
-                "repeats": repeats, "quick": args.quick, **timing}
-    paths = common.write_results(args.out, "samplers", "Samplers end to end: scoreops vs the eager tutorial samplers",
-                                 info, settings, rows, COLUMNS, NOTES)
+    paths = common.write_results(args.out, "samplers", title, info, settings, rows, COLUMNS, NOTES)
     print("wrote", *paths, flush=True)
     return paths
 

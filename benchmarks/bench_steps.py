@@ -290,17 +290,18 @@ def main(argv: list[str] | None = None) -> tuple:
     info = common.machine_info(device)
     print(common.describe_machine(info))
     print(common.markdown_table([], COLUMNS), flush=True)
+    settings = {"sizes": [common.format_shape(s) for s in shapes], "ops": names, "backends": backends,
+                "compile": args.compile, "quick": args.quick, "sigma": SIGMA, "t": T, "num_steps": NUM_STEPS,
+                "snr": SNR, **timing}
+    title = "Step updates: fused scoreops ops vs the eager tutorial step"
     rows = []
     for shape in shapes:
         for name in names:
             case_rows = measure_case(name, shape, device, backends, compile_step=args.compile, **timing)
             print(common.markdown_table(case_rows, COLUMNS, header=False), flush=True)
             rows += case_rows
-    settings = {"sizes": [common.format_shape(s) for s in shapes], "ops": names, "backends": backends,
-                "compile": args.compile, "quick": args.quick, "sigma": SIGMA, "t": T, "num_steps": NUM_STEPS,
-                "snr": SNR, **timing}
-    paths = common.write_results(args.out, "steps", "Step updates: fused scoreops ops vs the eager tutorial step",
-                                 info, settings, rows, COLUMNS, NOTES)
+            common.write_results(args.out, "steps", title, info, settings, rows, COLUMNS, NOTES, finished=False)
+    paths = common.write_results(args.out, "steps", title, info, settings, rows, COLUMNS, NOTES)
     print("wrote", *paths, flush=True)
     return paths
 

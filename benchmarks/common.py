@@ -321,12 +321,13 @@ def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], he
 
 def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[str, Any],
                   settings: dict[str, Any], rows: list[dict[str, Any]], columns: Sequence[Column],
-                  notes: str = "") -> tuple[Path, Path]:
+                  notes: str = "", finished: bool = True) -> tuple[Path, Path]:
     """Write ``<name>-<device slug>.json`` and ``.md`` under ``out_dir``; returns their paths.
 
     The JSON holds the machine (:func:`machine_info`, plus the load average at the end), the
-    settings and every row; the markdown holds the title, the machine line, the table of
-    ``columns`` and ``notes``.
+    settings, ``finished`` and every row; the markdown holds the title, the machine line, the
+    table of ``columns`` and ``notes``. A benchmark writes after every case with
+    ``finished=False``, so that a run stopped by a time limit still leaves what it measured.
     """
     # Written when the run is over: the load then says whether other work shared the machine with it.
     info = {**info, "load_average_end": load_average()}
@@ -334,9 +335,11 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{slug(info['device_name'])}"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps({"benchmark": name, "machine": info, "settings": settings, "rows": rows},
-                                    indent=1) + "\n")
+    json_path.write_text(json.dumps({"benchmark": name, "finished": finished, "machine": info, "settings": settings,
+                                     "rows": rows}, indent=1) + "\n")
     parts = [f"# {title}", describe_machine(info), markdown_table(rows, columns)]
+    if not finished:
+        parts.insert(2, "**Partial results: the run stopped before its last case.**")
     if notes:
         parts.append(notes.strip())
     md_path.write_text("\n\n".join(parts) + "\n")

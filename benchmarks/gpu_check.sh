@@ -151,7 +151,7 @@ main() {
   fi
   stage tests 150 gpu_tests
   stage bench_steps 120 bench bench_steps --min-run-time 0.03
-  stage bench_samplers 130 bench bench_samplers
+  stage bench_samplers 130 bench bench_samplers --min-run-time 0.05
   echo "== summary (${SECONDS}s)"
   printf '  %s\n' "${SUMMARY[@]}"
   for table in "$OUT"/*.md; do

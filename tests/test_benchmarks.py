@@ -71,6 +71,7 @@ def test_bench_steps_writes_consistent_results(tmp_path):
                               "--ops", ",".join(ops), "--out", str(tmp_path)])
     result, md = _load(paths)
     assert Path(paths[0]).name == f"steps-{common.device_slug('cpu')}.json"
+    assert result["finished"] is True and "Partial" not in md
     assert MACHINE_KEYS <= set(result["machine"])
     backends = bench_steps.fused_backends(torch.device("cpu"))
     assert "cpu" in backends and "torch" not in backends and "triton" not in backends
@@ -89,6 +90,24 @@ def test_bench_steps_writes_consistent_results(tmp_path):
     assert [row[:4] for row in cells] == [[r["op"], r["shape"], "105" if r["numel"] == 105 else "2^6", r["backend"]]
                                           for r in rows]
     assert all(row[6] == row[7] == "-" for row in cells)  # the compile columns, not measured
+
+
+def test_a_stopped_run_leaves_what_it_measured(tmp_path, monkeypatch):
+    measure_case = bench_steps.measure_case
+
+    def stop_at_langevin(name, *args, **kwargs):
+        if name == "langevin":
+            raise KeyboardInterrupt  # what a time limit looks like from inside
+        return measure_case(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench_steps, "measure_case", stop_at_langevin)
+    with pytest.raises(KeyboardInterrupt):
+        bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--no-compile", "--sizes", "3x5x7",
+                          "--ops", "em,milstein,langevin", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / f"steps-{common.device_slug('cpu')}.json").read_text())
+    assert result["finished"] is False
+    assert [r["op"] for r in result["rows"]] == ["em", "milstein"]
+    assert "Partial results" in (tmp_path / f"steps-{common.device_slug('cpu')}.md").read_text()
 
 
 @pytest.mark.slow
@@ -143,6 +162,7 @@ def test_bench_samplers_writes_consistent_results(tmp_path):
                                  "--out", str(tmp_path)])
     result, md = _load(paths)
     assert Path(paths[0]).name == f"samplers-{common.device_slug('cpu')}.json"
+    assert result["finished"] is True and "Partial" not in md
     assert MACHINE_KEYS <= set(result["machine"])
     assert result["settings"]["ode_tol"] == 1e-2
     rows = result["rows"]
