@@ -23,6 +23,14 @@ MACHINE_KEYS = {"device", "device_name", "host_cpu", "cpu_count", "torch_threads
                 "triton", "scoreops", "load_average", "load_average_end"}
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """The benchmarks run here with --threads 1 (fast, and steady on a busy machine); give the rest back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _load(paths):
     json_path, md_path = map(Path, paths)
     assert json_path.parent == md_path.parent
