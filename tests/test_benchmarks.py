@@ -15,7 +15,9 @@ import torch
 
 try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
     from scoreops.benchmarks import bench_samplers, bench_steps, common
-except ImportError:  # a source checkout, run from the repository root
+except ModuleNotFoundError as e:  # a source checkout, run from the repository root
+    if e.name != "scoreops.benchmarks":
+        raise
     from benchmarks import bench_samplers, bench_steps, common
 
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
