@@ -264,6 +264,9 @@ def _benchmark_module(name: str):
 
 def cmd_bench(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
+    if args.extra and args.which == "all":
+        raise ValueError(f"options {' '.join(args.extra)} belong to one benchmark: name it, "
+                         "e.g. scoreops bench steps ...")
     names = ("bench_steps", "bench_samplers") if args.which == "all" else (f"bench_{args.which}",)
     common = ["--out", str(out), "--device", args.device] + (["--quick"] if args.quick else [])
     for name in names:
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_compare)
 
     p = commands.add_parser("bench", help="run the step-kernel and sampler benchmarks",
-                            description="Run the benchmarks; options not listed here go to the benchmark itself "
+                            description="Run the benchmarks; options not listed here go to the named benchmark "
                                         "(see python -m scoreops.benchmarks.bench_steps --help).")
     p.add_argument("which", nargs="?", choices=("all", "steps", "samplers"), default="all",
                    help="which benchmark (default: %(default)s)")

@@ -136,6 +136,11 @@ def test_bench_runs_a_benchmark(tmp_path, capsys):
     assert len(list(tmp_path.glob("steps-*.md"))) == 1
 
 
+def test_bench_options_need_a_named_benchmark(tmp_path, capsys):
+    code, _, err = run(capsys, "bench", "--quick", "--ops=em", "--out", tmp_path)
+    one_line_error(code, err, "scoreops: error:", "name it")
+
+
 def test_demo_end_to_end_at_tiny_settings(tmp_path, capsys):
     out, docs = tmp_path / "demo", tmp_path / "docs"
     code, stdout, _ = run(capsys, "demo", "--train-steps", 2, "--steps", 3, "--milstein-steps", 3, "--tol", 1e-1,
