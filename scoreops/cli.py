@@ -31,34 +31,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _step_counts(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 100,500, got {text!r}") from None
-    if min(values) < 2:
-        raise argparse.ArgumentTypeError(f"step counts must be at least 2, got {text!r}")
-    return values
+def _number(kind: type, low, what: str, example: str):
+    """An argparse type: one ``kind`` value (int or float) >= ``low`` (> 0 when low is 0)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}") from None
+        if not (value > 0 if low == 0 else value >= low):
+            raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}")
+        return value
+    return parse
 
 
-def _step_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a step count of at least 2, got {text!r}")
-    return value
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,1e-5, got {text!r}") from None
-    if not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"tolerances must be positive, got {text!r}")
-    return values
+def _comma_list(item):
+    """An argparse type: a comma-separated list of ``item`` values."""
+    def parse(text: str) -> list:
+        return [item(v) for v in text.split(",")]
+    return parse
 
 
 def _sampler_list(text: str) -> list[str]:
@@ -71,24 +61,11 @@ def _sampler_list(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+_step_count = _number(int, 2, "a step count of at least 2", "500")
+_step_counts = _comma_list(_step_count)
+_positive_int = _number(int, 1, "a positive integer", "64")
+_positive_float = _number(float, 0, "a positive number", "1e-5")
+_float_list = _comma_list(_positive_float)
 
 
 # --------------------------------------------------------------------------- shared helpers
