@@ -58,7 +58,13 @@ def triton_interpreted() -> bool:
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """The concrete backends that can run on ``device``, fastest first."""
-    device = torch.device(device)
+    return list(_backends_for(torch.device(device).type))
+
+
+@functools.lru_cache(maxsize=None)
+def _backends_for(device_type: str) -> tuple[str, ...]:
+    """Cached per device type: resolving a backend sits on every op call of a sampler loop."""
+    device = torch.device(device_type)
     found = []
     if device.type == "cuda":
         if _load_cpp() is None and torch.ops.scoreops.built_with_cuda():
@@ -71,7 +77,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
         if triton_interpreted() and _load_triton() is None:
             found.append("triton")
     found.append("torch")
-    return found
+    return tuple(found)
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -263,9 +269,14 @@ def langevin_correct(x: torch.Tensor, score: torch.Tensor, snr: float, *, seed, 
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
     norms = op("sample_sq_norms", impl)(score, seed, step, lane, sample_offset, noise_norm == "sampled")
     eps = langevin_step_size(norms, snr, x.numel() // x.shape[0], noise_norm, per_sample)
-    zero = torch.zeros(1, dtype=torch.float32, device=x.device)
-    return sde_step(x, score, eps, (2.0 * eps).sqrt(), zero, seed=seed, step=step, lane=lane,
+    return sde_step(x, score, eps, (2.0 * eps).sqrt(), _zero(x.device), seed=seed, step=step, lane=lane,
                     sample_offset=sample_offset, inplace=inplace, backend=impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _zero(device: torch.device) -> torch.Tensor:
+    """A read-only float32 zero coefficient per device, so a corrector step allocates none."""
+    return torch.zeros(1, dtype=torch.float32, device=device)
 
 
 def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,

@@ -87,18 +87,21 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     seed = ops.as_counter("seed", seed, x0.device)
+    # Times and step counters made on the device once: no host-to-device copy per step.
+    times = torch.tensor(ts, dtype=torch.float64, device=x0.device)
+    steps = torch.arange(len(ts) - 1, device=x0.device).reshape(-1, 1)
     x, path = x0, [x0]
     with torch.no_grad():
         for k, (t0, t1) in enumerate(itertools.pairwise(ts)):
             dt = t1 - t0
-            t = torch.tensor(t0, dtype=torch.float64, device=x0.device)
+            t = times[k]
             mu = _check_like("drift", drift(x, t), x)
             if method == "milstein":
                 g, dg = _diffusion_and_dx(diffusion, diffusion_dx, x, t)
                 c = (g * dg).to(torch.float32) * (dt / 2)
             else:
                 g, c = _check_like("diffusion", diffusion(x, t), x), 0.0
-            x = ops.sde_step(x, mu, dt, g.to(torch.float32) * math.sqrt(dt), c, seed=seed, step=k,
+            x = ops.sde_step(x, mu, dt, g.to(torch.float32) * math.sqrt(dt), c, seed=seed, step=steps[k],
                              lane=noise.LANE_PREDICTOR, sample_offset=sample_offset, backend=backend)
             path.append(x)
     return torch.stack(path)
