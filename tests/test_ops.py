@@ -234,3 +234,15 @@ def test_empty_inputs_return_at_once(backend, device):
     out = ops.sde_step(x, x.clone(), 0.1, 0.2, 0.3, seed=1, step=0, backend=backend)
     assert out.shape == x.shape
     assert ops.sample_sq_norms(torch.empty(3, 0, device=device), backend=backend).abs().sum() == 0
+
+
+@pytest.mark.parametrize("backend,device", [p for p in KERNEL_BACKENDS if p.values[0] in ("cpu", "cuda")])
+def test_in_place_step_refuses_a_partially_overlapping_score(backend, device):
+    skip_unless_runnable(backend, device)
+    buf = torch.randn(129, device=device)
+    x, s = buf[:128].view(2, 64), buf[1:].view(2, 64)  # contiguous, shifted by one element
+    with pytest.raises(RuntimeError, match="refer to a single memory location"):
+        ops.sde_step(x, s, 0.1, 0.2, seed=1, step=0, inplace=True, backend=backend)
+    x = torch.randn(3, 8, device=device)
+    want = ops.sde_step(x, x, 0.1, 0.2, seed=1, step=0, backend=backend)
+    torch.testing.assert_close(ops.sde_step(x, x, 0.1, 0.2, seed=1, step=0, inplace=True, backend=backend), want)

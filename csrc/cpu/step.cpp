@@ -1,6 +1,7 @@
 // CPU kernels of the fused SDE step (sde_step, sde_step_) and of the per-sample norms of the
 // Langevin corrector (sample_sq_norms). Work is split into tiles of one sample's elements; each
 // tile makes its own noise, so a tile's result depends only on its own elements.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -89,6 +90,8 @@ void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                bool add_noise) {
   const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+  // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
+  at::assert_no_partial_overlap(x, s);
   if (x.is_contiguous()) {
     run_sde_step(shape, x, s, a, b, c, read_noise(seed, step, lane, sample_offset), add_noise, x);
   } else {

@@ -5,6 +5,7 @@
 // One thread handles one group of 4 elements of one sample (one Philox call gives their 4
 // normals) and loads them with one vector load when the rows are aligned. Arithmetic is float32
 // and compiled with -fmad=false, so that it rounds as the CPU kernels and the torch reference do.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -399,6 +400,8 @@ void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                bool add_noise) {
   const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+  // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
+  at::assert_no_partial_overlap(x, s);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) {
     return;
