@@ -119,6 +119,7 @@ def _check_stream_args(seed: torch.Tensor, step: torch.Tensor, batch: int, numel
         if v < 0:
             raise ValueError(f"{name} must be non-negative, got {v}")
     pairs = batch * triton.cdiv(numel, 4)
+    check_index_range("elements per sample", numel)
     check_index_range("batch * ceil(numel / 4)", pairs)
     return pairs
 

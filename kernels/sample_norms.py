@@ -67,7 +67,7 @@ def sample_sq_norms(s: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, lan
         return torch.zeros(batch, 2, dtype=torch.float32, device=s.device)
     numel = s.numel() // batch
     groups = triton.cdiv(numel, 4)
-    check_index_range("ceil(numel / 4)", groups)
+    check_index_range("elements per sample", numel)
     block = block_size(groups, BLOCK_PAIRS)
     n_programs = min(triton.cdiv(groups, block), MAX_CHUNK_PROGRAMS)
     partial = torch.empty(batch, n_programs, 2, dtype=torch.float32, device=s.device)

@@ -89,6 +89,7 @@ def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_nois
     numel = x.numel() // batch
     groups = triton.cdiv(numel, 4)
     pairs = batch * groups
+    check_index_range("elements per sample", numel)
     check_index_range("batch * ceil(numel / 4)", pairs)
     block = block_size(pairs, BLOCK_PAIRS)
     wrap_triton(sde_step_kernel)[(triton.cdiv(pairs, block),)](

@@ -112,6 +112,23 @@ def test_ops_check_their_own_arguments(device):
         T.triton_rk_error_sq(x, x, [x, x], [1.0], 0.1, 1e-3, 1e-3)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_samples_too_long_for_int32_element_indices_are_refused(device, monkeypatch):
+    # The kernels index the elements of one sample with int32; shrink that limit to a testable size.
+    common = _kernels("_common", device)
+    monkeypatch.setattr(common, "MAX_INDEX", 64)
+    x = torch.randn(1, 65, device=device)
+    a = torch.rand(1, device=device)
+    seed_t, step_t = _counters(1, 0, device)
+    with pytest.raises(ValueError, match="elements per sample is too large"):
+        T.triton_sde_step(x, x, a, a, a, seed_t, step_t, 0, 0, True)
+    with pytest.raises(ValueError, match="elements per sample is too large"):
+        T.triton_sample_sq_norms(x, seed_t, step_t, 0, 0, True)
+    with pytest.raises(ValueError, match="elements per sample is too large"):
+        T.triton_philox_normal(seed_t, step_t, 0, 0, 1, 65)
+    T.triton_sde_step(x[:, :64], x[:, :64], a, a, a, seed_t, step_t, 0, 0, True)
+
+
 @needs_cuda
 @pytest.mark.cuda
 def test_cpu_tensors_are_refused_outside_the_interpreter():
