@@ -44,10 +44,29 @@ def _load_cpp() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _load_triton() -> str | None:
+    """Import scoreops.kernels; returns None when it loaded and can run, else the reason."""
     try:
         from . import kernels  # noqa: F401  (registers torch.ops.scoreops.triton_*)
     except ImportError as e:
         return str(e)
+    if triton_interpreted():
+        return _interpreter_defect()
+    return None
+
+
+def _interpreter_defect() -> str | None:
+    """Why Triton's interpreter cannot run the kernels with the installed packages, or None."""
+    import numpy
+    import triton
+
+    def release(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split(".")[:2])
+
+    # Before 3.7 the interpreter turns 1-element arrays into loop bounds with int(), which NumPy
+    # 2.4 refuses (triton-lang/triton#9171).
+    if release(triton.__version__) < (3, 7) and release(numpy.__version__) >= (2, 4):
+        return (f"the interpreter of Triton {triton.__version__} fails under NumPy {numpy.__version__} "
+                "(triton-lang/triton#9171); use Triton >= 3.7 or NumPy < 2.4")
     return None
 
 

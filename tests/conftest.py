@@ -17,6 +17,8 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
+from scoreops import ops  # noqa: E402
+
 # (backend, device) pairs under test. The cpu backend is always built and interpreted Triton
 # always runs on the CPU here, so for them a missing backend fails the test instead of skipping.
 KERNEL_BACKENDS = [
@@ -36,6 +38,8 @@ def skip_unless_runnable(backend: str, device: str) -> None:
         pytest.skip("needs a CUDA GPU")
     if backend == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    if backend == "triton" and device == "cpu" and (defect := ops._interpreter_defect()):
+        pytest.skip(defect)
 
 
 @pytest.fixture
