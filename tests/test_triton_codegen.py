@@ -1,0 +1,145 @@
+"""The Triton kernels compiled for a Hopper GPU (sm_90) on a machine without one.
+
+Triton's interpreter, which runs the kernels' arithmetic in the other tests, never compiles them,
+so this is where a kernel that only the compiler rejects fails without a GPU. It also reads what
+the performance model (DESIGN.md) counts on off the generated code: x, s and out move in 16-byte
+vectors when a sample's size is a multiple of 16, and no kernel spills to local memory.
+
+The kernels are compiled in a child process (this file run as a script): TRITON_INTERPRET, which
+the other tests set, must be off when Triton is first imported.
+"""
+import collections
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ARCH = 90
+# Plenty for a memory-bound kernel at full occupancy; a jump past it means something went wrong.
+MAX_REGISTERS = 128
+DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _variants():
+    """``(id, module, kernel, argument types, constexprs)`` for the launches the op wrappers make:
+    every coefficient layout, dtype, noise flag and stage count, at the wrappers' largest blocks.
+    Arguments named in neither dict are constexprs; pointers and sizes are taken to be
+    multiples of 16 (Triton specialises launches on that)."""
+    stream = dict(seed_ptr="*i64", step_ptr="*i64", lane="i32", sample_offset="i32")
+    for dtype, t in DTYPES.items():
+        step = dict(out_ptr=f"*{t}", x_ptr=f"*{t}", s_ptr=f"*{t}", a_ptr="*fp32", b_ptr="*fp32", c_ptr="*fp32",
+                    **stream, numel="i32", groups="i32", pairs="i32")
+        for mode in (0, 1, 2):
+            yield (f"sde_step-{dtype}-coef{mode}", "sde_step", "sde_step_kernel", step,
+                   dict(A_MODE=mode, B_MODE=mode, C_MODE=mode, ADD_NOISE=True, BLOCK=256))
+        yield (f"sde_step-{dtype}-mean", "sde_step", "sde_step_kernel", step,
+               dict(A_MODE=1, B_MODE=0, C_MODE=0, ADD_NOISE=False, BLOCK=256))
+        for with_noise in (False, True):
+            yield (f"sample_sq_norms-{dtype}-noise{int(with_noise)}", "sample_norms", "sample_sq_norms_kernel",
+                   dict(partial_ptr="*fp32", s_ptr=f"*{t}", **stream, numel="i32", groups="i32"),
+                   dict(WITH_NOISE=with_noise, BLOCK=256))
+        stages = {f"k{j}": f"*{t}" for j in range(8)}
+        for n_stages in (1, 7):
+            yield (f"rk_combine-{dtype}-{n_stages}stages", "rk", "rk_combine_kernel",
+                   dict(out_ptr=f"*{t}", y_ptr=f"*{t}", **stages, **{f"c{j}": "fp32" for j in range(8)},
+                        h="fp32", n="i32"),
+                   dict(N_STAGES=n_stages, BLOCK=1024))
+            yield (f"rk_error_sq-{dtype}-{n_stages}stages", "rk", "rk_error_sq_kernel",
+                   dict(partial_ptr="*fp32", y_ptr=f"*{t}", y_new_ptr=f"*{t}", **stages,
+                        **{f"e{j}": "fp32" for j in range(8)}, h="fp32", atol="fp32", rtol="fp32", n="i32"),
+                   dict(N_STAGES=n_stages, BLOCK=1024))
+    yield ("philox_bits", "philox", "philox_bits_kernel", dict(out_ptr="*i32", **stream, groups="i32", pairs="i32"),
+           dict(BLOCK=256))
+    yield ("philox_normal", "philox", "philox_normal_kernel",
+           dict(out_ptr="*fp32", **stream, numel="i32", groups="i32", pairs="i32"), dict(BLOCK=256))
+
+
+def _access_widths(ptx: str, op: str) -> dict[str, int]:
+    """Global loads or stores by width in bytes: ``{"16": 2, "4": 7}``."""
+    widths = collections.Counter()
+    for vec, kind in re.findall(rf"\b{op}\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx):
+        widths[str(int(vec or 1) * int(kind) // 8)] += 1
+    return dict(widths)
+
+
+def compile_all() -> dict:
+    """Compile every variant for sm_90; returns per variant its registers, stack and local bytes,
+    and the widths of its global loads and stores."""
+    import importlib
+
+    import triton
+    import triton.backends.nvidia as nvidia
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = pathlib.Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for vid, module, name, types, constexprs in _variants():
+            fn = getattr(importlib.import_module(f"scoreops.kernels.{module}"), name)
+            signature = {arg: types.get(arg, "constexpr") for arg in fn.arg_names}
+            aligned = [arg for arg, t in types.items() if t.startswith("*") or arg in ("numel", "n")]
+            attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in aligned}
+            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs=attrs),
+                                    target=GPUTarget("cuda", ARCH, 32))
+            cubin = pathlib.Path(tmp, f"{vid}.cubin")
+            cubin.write_bytes(kernel.asm["cubin"])
+            usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], check=True,
+                                   capture_output=True, text=True).stdout
+            resources = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage)}
+            results[vid] = dict(resources, loads=_access_widths(kernel.asm["ptx"], "ld"),
+                                stores=_access_widths(kernel.asm["ptx"], "st"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pytest.importorskip("triton.backends.nvidia")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"compiling the kernels for sm_{ARCH} failed:\n{run.stderr[-4000:]}"
+    return json.loads(run.stdout)
+
+
+VARIANT_IDS = [v[0] for v in _variants()]
+
+
+@pytest.mark.parametrize("vid", VARIANT_IDS)
+def test_kernel_compiles_for_hopper_without_spills(compiled, vid):
+    facts = compiled[vid]
+    assert 0 < facts["REG"] <= MAX_REGISTERS, facts
+    # Local memory would be spilled registers; the small stack frame some kernels have is
+    # libdevice's sin/cos slow path for huge arguments, which Box-Muller's 2 pi u never takes.
+    assert facts["LOCAL"] == 0, facts
+    assert facts["STACK"] <= 64, facts
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_moves_whole_element_groups_per_access(compiled, dtype):
+    # Each thread holds groups of 4 elements: x and s arrive in 4-element vectors (16 bytes in
+    # float32, 8 in half precision) and out leaves in them.
+    group = str(4 * (4 if dtype == "float32" else 2))
+    for variant, noisy in [(f"coef{mode}", True) for mode in (0, 1, 2)] + [("mean", False)]:
+        facts = compiled[f"sde_step-{dtype}-{variant}"]
+        # seed and step are one 8-byte load each, as wide as a half-precision group.
+        counters = 2 if noisy and group == "8" else 0
+        assert facts["loads"].get(group, 0) - counters >= 2, facts
+        assert set(facts["stores"]) == {group}, facts
+    # Per-element float32 coefficients a, b and c come in 16-byte vectors too.
+    assert compiled[f"sde_step-{dtype}-coef2"]["loads"].get("16", 0) >= 3 + 2 * (group == "16")
+
+
+def test_reductions_and_stage_sums_read_vectors(compiled):
+    assert compiled["sample_sq_norms-float32-noise1"]["loads"].get("16", 0) >= 1
+    facts = compiled["rk_combine-float32-7stages"]
+    # y and the 7 stages, each read in 16-byte vectors; out written in them.
+    assert facts["loads"].get("16", 0) >= 8 and set(facts["stores"]) == {"16"}, facts
+
+
+if __name__ == "__main__":
+    json.dump(compile_all(), sys.stdout)
