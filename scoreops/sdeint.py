@@ -17,14 +17,14 @@ from . import noise, ops
 METHODS = ("euler", "milstein")
 
 
-def _check_like(name: str, v, x: torch.Tensor) -> torch.Tensor:
-    """A function's output as a tensor of x's shape, dtype and device."""
+def _check_like(name: str, v, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A function's output as a ``dtype`` tensor of x's shape and device."""
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"{name} must return a tensor, got {type(v).__name__}")
     if v.device != x.device:
         raise ValueError(f"{name} returned a tensor on {v.device} for x on {x.device}")
     try:
-        return torch.broadcast_to(v, x.shape).to(x.dtype)
+        return torch.broadcast_to(v, x.shape).to(dtype)
     except RuntimeError:
         raise ValueError(f"{name} returned shape {tuple(v.shape)}, which does not broadcast to x's "
                          f"{tuple(x.shape)}") from None
@@ -40,18 +40,19 @@ def _check_grid(ts) -> list[float]:
 
 
 def _diffusion_and_dx(diffusion, diffusion_dx, x: torch.Tensor, t: torch.Tensor):
-    """``G(x, t)`` and ``dG/dx`` elementwise: from ``diffusion_dx``, else by autograd."""
+    """``G(x, t)`` and ``dG/dx`` elementwise in float32: from ``diffusion_dx``, else by autograd."""
     if diffusion_dx is not None:
-        return _check_like("diffusion", diffusion(x, t), x), _check_like("diffusion_dx", diffusion_dx(x, t), x)
+        return (_check_like("diffusion", diffusion(x, t), x, torch.float32),
+                _check_like("diffusion_dx", diffusion_dx(x, t), x, torch.float32))
     with torch.enable_grad():
         xg = x.detach().requires_grad_()
-        g = _check_like("diffusion", diffusion(xg, t), x)
+        g = _check_like("diffusion", diffusion(xg, t), x, torch.float32)
         if not g.requires_grad:  # G does not depend on x
-            return g, torch.zeros_like(x)
+            return g, torch.zeros_like(g)
         # Diagonal noise: G_i depends on x_i alone, so the vector-Jacobian product with ones is
         # the diagonal of the Jacobian.
         (dg,) = torch.autograd.grad(g, xg, torch.ones_like(g), allow_unused=True)
-    return g.detach(), torch.zeros_like(x) if dg is None else dg
+    return g.detach(), torch.zeros_like(g) if dg is None else dg.float()
 
 
 def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffusion_dx=None, seed=None, *,
@@ -95,13 +96,14 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         for k, (t0, t1) in enumerate(itertools.pairwise(ts)):
             dt = t1 - t0
             t = times[k]
-            mu = _check_like("drift", drift(x, t), x)
+            # The step adds mu in x's dtype; G and G' form float32 coefficients, unrounded.
+            mu = _check_like("drift", drift(x, t), x, x.dtype)
             if method == "milstein":
                 g, dg = _diffusion_and_dx(diffusion, diffusion_dx, x, t)
-                c = (g * dg).to(torch.float32) * (dt / 2)
+                c = g * dg * (dt / 2)
             else:
-                g, c = _check_like("diffusion", diffusion(x, t), x), 0.0
-            x = ops.sde_step(x, mu, dt, g.to(torch.float32) * math.sqrt(dt), c, seed=seed, step=steps[k],
+                g, c = _check_like("diffusion", diffusion(x, t), x, torch.float32), 0.0
+            x = ops.sde_step(x, mu, dt, g * math.sqrt(dt), c, seed=seed, step=steps[k],
                              lane=noise.LANE_PREDICTOR, sample_offset=sample_offset, backend=backend)
             path.append(x)
     return torch.stack(path)
