@@ -1,12 +1,14 @@
-"""The Triton kernels compiled for a Hopper GPU (sm_90) on a machine without one.
+"""The kernels compiled for a Hopper GPU (sm_90), read on a machine without one.
 
 Triton's interpreter, which runs the kernels' arithmetic in the other tests, never compiles them,
-so this is where a kernel that only the compiler rejects fails without a GPU. It also reads what
-the performance model (DESIGN.md) counts on off the generated code: x, s and out move in 16-byte
-vectors when a sample's size is a multiple of 16, and no kernel spills to local memory.
+so this is where a kernel that only the compiler rejects fails without a GPU. The CUDA kernels
+are read from the built scoreops._C. Both are checked for what the performance model
+(DESIGN.md) counts on: x, s and out move in whole 4-element vectors (16 bytes in float32) where
+sizes allow, and nothing spills to local memory.
 
-The kernels are compiled in a child process (this file run as a script): TRITON_INTERPRET, which
-the other tests set, must be off when Triton is first imported.
+The Triton kernels are compiled in a child process (this file run as a script): TRITON_INTERPRET,
+which the other tests set, must be off when Triton is first imported. cuobjdump comes with
+Triton's NVIDIA backend.
 """
 import collections
 import json
@@ -73,11 +75,10 @@ def compile_all() -> dict:
     import importlib
 
     import triton
-    import triton.backends.nvidia as nvidia
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    cuobjdump = pathlib.Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    cuobjdump = _cuobjdump()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for vid, module, name, types, constexprs in _variants():
@@ -97,9 +98,15 @@ def compile_all() -> dict:
     return results
 
 
+def _cuobjdump() -> pathlib.Path:
+    nvidia = pytest.importorskip("triton.backends.nvidia")
+    return pathlib.Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+
+
+# ----------------------------------------------------------------------------- Triton kernels
 @pytest.fixture(scope="module")
 def compiled():
-    pytest.importorskip("triton.backends.nvidia")
+    _cuobjdump()
     env = dict(os.environ, TRITON_INTERPRET="0")
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"compiling the kernels for sm_{ARCH} failed:\n{run.stderr[-4000:]}"
@@ -139,6 +146,67 @@ def test_reductions_and_stage_sums_read_vectors(compiled):
     facts = compiled["rk_combine-float32-7stages"]
     # y and the 7 stages, each read in 16-byte vectors; out written in them.
     assert facts["loads"].get("16", 0) >= 8 and set(facts["stores"]) == {"16"}, facts
+
+
+# ----------------------------------------------------------------------------- CUDA kernels
+@pytest.fixture(scope="module")
+def cuda_sass():
+    """``{mangled name: ((kernel, dtype, vectorised), resources, SASS text)}`` of the sm_90 code
+    in scoreops._C."""
+    import torch
+
+    from scoreops import _C
+    if not torch.ops.scoreops.built_with_cuda():
+        pytest.skip("scoreops._C was built without its CUDA kernels")
+    tool, lib = str(_cuobjdump()), _C.__file__
+    usage = subprocess.run([tool, "--dump-resource-usage", "--gpu-architecture", f"sm_{ARCH}", lib], check=True,
+                           capture_output=True, text=True).stdout
+    sass = subprocess.run([tool, "--dump-sass", "--gpu-architecture", f"sm_{ARCH}", lib], check=True,
+                          capture_output=True, text=True).stdout
+    kernels = {}
+    for mangled, resources in re.findall(r"Function (\S+?):\n\s*(.*)", usage):
+        key = _cuda_kernel_key(mangled)
+        code = re.search(rf"Function : {re.escape(mangled)}\n(.*?)(?=\n\s*Function : |\Z)", sass, re.S)
+        assert code, f"no sm_{ARCH} code for {mangled}"
+        kernels[mangled] = (key, {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", resources)},
+                            code.group(1))
+    return kernels
+
+
+def _cuda_kernel_key(mangled: str) -> tuple[str, str, bool]:
+    """(kernel name, element type, vectorised) from a mangled template instance name."""
+    # <length><name>, then I (template arguments) or E (end of the nested name).
+    name = re.search(r"\d+([a-z_]+_kernel)(?=[IE])", mangled).group(1)
+    dtype = next((d for tag, d in (("N3c104Half", "float16"), ("N3c108BFloat16", "bfloat16"), ("If", "float32"))
+                  if f"{name}I{tag}" in mangled), "float32")
+    return name, dtype, "Lb1E" in mangled
+
+
+def _sass_of(cuda_sass, key: tuple[str, str, bool]) -> str:
+    (code,) = [code for k, _, code in cuda_sass.values() if k == key]
+    return code
+
+
+def test_cuda_kernels_use_no_local_memory(cuda_sass):
+    assert {key[0] for key, _, _ in cuda_sass.values()} >= {
+        "sde_step_kernel", "sq_norms_partial_kernel", "sum_partials_kernel", "rk_combine_kernel",
+        "rk_error_partial_kernel", "philox_normal_kernel", "philox_bits_kernel"}
+    for key, resources, _ in cuda_sass.values():
+        assert resources["STACK"] == 0 and resources["LOCAL"] == 0, (key, resources)
+        assert 0 < resources["REG"] <= MAX_REGISTERS, (key, resources)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_step_moves_whole_element_groups_per_access(cuda_sass, dtype):
+    # The vectorised instance (taken when x, s and out are aligned to 4 elements and a sample's size
+    # is a multiple of 4) loads x and s and stores out as 4-element vectors.
+    width = 128 if dtype == "float32" else 64
+    code = _sass_of(cuda_sass, ("sde_step_kernel", dtype, True))
+    assert len(re.findall(rf"\bLDG\.E\.{width}\b", code)) >= 2, code
+    assert re.findall(r"\bSTG\.E[.A-Z0-9]*", code) == [f"STG.E.{width}"]
+    # The scalar instance, for the rest, stores element by element.
+    scalar = _sass_of(cuda_sass, ("sde_step_kernel", dtype, False))
+    assert f"STG.E.{width}" not in scalar
 
 
 if __name__ == "__main__":
