@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
+from triton.language.extra import libdevice
 
 INTERPRETED: bool = triton.knobs.runtime.interpret
 """True when ``triton.jit`` makes interpreted kernels (``TRITON_INTERPRET=1``), which run on CPU tensors."""
@@ -37,6 +38,20 @@ def round_to(value, dtype: tl.constexpr):
             bits = tl.where(value != value, 0x7FC0, bits)  # the carry could turn a NaN into inf
             return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype)
+
+
+@triton.jit
+def mul(a, b):
+    """``a * b`` rounded on its own, never contracted with a following add into one FMA.
+
+    Compiled Triton contracts ``a * b + c`` by default; the torch reference, the C++ kernels
+    (-ffp-contract=off) and the CUDA kernels (-fmad=false) round the product first, so plain
+    ``*`` would move results by an ulp. ``mul.rn`` is never contracted. The interpreter never
+    contracts and has no libdevice.
+    """
+    if _INTERPRETED:
+        return a * b
+    return libdevice.mul_rn(a, b)
 
 
 def triton_op(name: str, *, mutates_args):

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_ELEMENTS, block_size, check_device, check_float, check_index_range, round_to,
+from ._common import (BLOCK_ELEMENTS, block_size, check_device, check_float, check_index_range, mul, round_to,
                       triton_op, wrap_triton)
 
 MAX_STAGES = 8
@@ -20,7 +20,7 @@ MAX_STAGES = 8
 def add_stage(acc, k_ptr, coef, offs, mask, USED: tl.constexpr):
     """``acc + coef * k[offs]`` in float32 when the stage is USED, else acc."""
     if USED:
-        acc = acc + coef * tl.load(k_ptr + offs, mask=mask).to(tl.float32)
+        acc = acc + mul(coef, tl.load(k_ptr + offs, mask=mask).to(tl.float32))
     return acc
 
 
@@ -48,7 +48,7 @@ def rk_combine_kernel(out_ptr, y_ptr, k0, k1, k2, k3, k4, k5, k6, k7, c0, c1, c2
     mask = offs < n
     y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
     acc = stage_sum(offs, mask, k0, k1, k2, k3, k4, k5, k6, k7, c0, c1, c2, c3, c4, c5, c6, c7, N_STAGES)
-    tl.store(out_ptr + offs, round_to(y + h * acc, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, round_to(y + mul(h, acc), out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -63,9 +63,9 @@ def rk_error_sq_kernel(partial_ptr, y_ptr, y_new_ptr, k0, k1, k2, k3, k4, k5, k6
     err = h * stage_sum(offs, mask, k0, k1, k2, k3, k4, k5, k6, k7, e0, e1, e2, e3, e4, e5, e6, e7, N_STAGES)
     y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
     y_new = tl.load(y_new_ptr + offs, mask=mask).to(tl.float32)
-    scale = atol + rtol * tl.maximum(tl.abs(y), tl.abs(y_new), propagate_nan=tl.PropagateNan.ALL)
+    scale = atol + mul(rtol, tl.maximum(tl.abs(y), tl.abs(y_new), propagate_nan=tl.PropagateNan.ALL))
     ratio = tl.div_rn(err, scale)
-    tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.where(mask, ratio * ratio, 0.0)))
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.where(mask, mul(ratio, ratio), 0.0)))
 
 
 def _stage_args(y: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float]) -> tuple[list, list[float], int]:

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
-                      check_float, check_index_range, round_to, triton_op, wrap_triton)
+                      check_float, check_index_range, mul, round_to, triton_op, wrap_triton)
 from .philox import stream_normals
 
 # Coefficient layouts: one value, one per sample, one per element.
@@ -51,12 +51,12 @@ def sde_step_kernel(out_ptr, x_ptr, s_ptr, a_ptr, b_ptr, c_ptr, seed_ptr, step_p
     offs = sample.to(tl.int64) * numel + j
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
     s = tl.load(s_ptr + offs, mask=mask).to(tl.float32)
-    out = x + load_coef(a_ptr, sample, offs, row_mask, mask, A_MODE) * s
+    out = x + mul(load_coef(a_ptr, sample, offs, row_mask, mask, A_MODE), s)
     if ADD_NOISE:
         z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
         b = load_coef(b_ptr, sample, offs, row_mask, mask, B_MODE)
         c = load_coef(c_ptr, sample, offs, row_mask, mask, C_MODE)
-        out = out + b * z + c * (z * z - 1.0)
+        out = out + mul(b, z) + mul(c, mul(z, z) - 1.0)
     tl.store(out_ptr + offs, round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
 

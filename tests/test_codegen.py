@@ -93,8 +93,9 @@ def compile_all() -> dict:
             usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], check=True,
                                    capture_output=True, text=True).stdout
             resources = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage)}
-            results[vid] = dict(resources, loads=_access_widths(kernel.asm["ptx"], "ld"),
-                                stores=_access_widths(kernel.asm["ptx"], "st"))
+            ptx = kernel.asm["ptx"]
+            results[vid] = dict(resources, loads=_access_widths(ptx, "ld"), stores=_access_widths(ptx, "st"),
+                                fma=len(re.findall(r"\bfma\.rn\.f32\b", ptx)))
     return results
 
 
@@ -139,6 +140,15 @@ def test_step_moves_whole_element_groups_per_access(compiled, dtype):
         assert set(facts["stores"]) == {group}, facts
     # Per-element float32 coefficients a, b and c come in 16-byte vectors too.
     assert compiled[f"sde_step-{dtype}-coef2"]["loads"].get("16", 0) >= 3 + 2 * (group == "16")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_arithmetic_is_not_contracted_into_fma(compiled, dtype):
+    # The reference rounds a * s before adding x; so must the kernels, or the noise-free step
+    # (and the stage sums) would differ from it by an ulp. libdevice's log/sin/cos, inside the
+    # noisy kernels, use FMA internally, which is theirs to do.
+    for vid in (f"sde_step-{dtype}-mean", f"rk_combine-{dtype}-7stages", f"rk_error_sq-{dtype}-7stages"):
+        assert compiled[vid]["fma"] == 0, (vid, compiled[vid])
 
 
 def test_reductions_and_stage_sums_read_vectors(compiled):
