@@ -176,6 +176,8 @@ def _checked(score_model):
 class _Plan:
     """Everything the loop reads per step, as device tensors (static buffers under a CUDA graph)."""
 
+    # Each row starts on a 16-byte boundary (see _aligned_rows), so every step launches the
+    # kernel variants that the warm-up before a CUDA-graph capture compiled.
     t: torch.Tensor      # (N, B) float32: the model's time input at step k
     a: torch.Tensor      # (N, 1) float32: fused-update coefficients, x + a*s + b*z + c*(z*z - 1)
     b: torch.Tensor
@@ -184,11 +186,29 @@ class _Plan:
     seed: torch.Tensor   # (1,) int64
 
     def clone(self) -> _Plan:
-        return _Plan(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return _Plan(**{f.name: _aligned_rows(getattr(self, f.name)) for f in fields(self)})
 
     def copy_(self, other: _Plan) -> None:
         for f in fields(self):
             getattr(self, f.name).copy_(getattr(other, f.name))
+
+
+def _aligned_rows(v: torch.Tensor) -> torch.Tensor:
+    """A copy of v whose rows (dim 0) each start on a 16-byte boundary.
+
+    Triton specialises a kernel on whether each pointer is 16-byte aligned. Rows of a packed
+    (N, 1) float32 table are not all aligned, so step k would launch a variant of its own,
+    compiled (and loaded) during CUDA-graph capture, where loading a module is not allowed.
+    """
+    if v.dim() < 2:
+        return v.clone()
+    per_16_bytes = max(1, 16 // v.element_size())
+    row = v[0].numel()
+    padded = -(-row // per_16_bytes) * per_16_bytes
+    buffer = v.new_empty(v.shape[0], padded)
+    rows = buffer[:, :row].view(v.shape)
+    rows.copy_(v)
+    return rows
 
 
 def _time_grid(num_steps: int, eps: float) -> tuple[torch.Tensor, float]:
@@ -214,10 +234,11 @@ def _predictor_coefs(schedule: _Schedule, ts: torch.Tensor, dt: float, predictor
 
 def _make_plan(schedule, num_steps, eps, batch, device, seed, predictor, correction) -> _Plan:
     ts, dt = _time_grid(num_steps, eps)
-    a, b, c = (v.to(device=device, dtype=torch.float32).reshape(-1, 1)
+    a, b, c = (_aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1))
                for v in _predictor_coefs(schedule, ts, dt, predictor, correction))
-    return _Plan(t=ts.to(device).reshape(-1, 1).repeat(1, batch), a=a, b=b, c=c,
-                 steps=torch.arange(num_steps, dtype=torch.int64, device=device).reshape(-1, 1), seed=seed)
+    return _Plan(t=_aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
+                 steps=_aligned_rows(torch.arange(num_steps, dtype=torch.int64, device=device).reshape(-1, 1)),
+                 seed=seed)
 
 
 # --------------------------------------------------------------------------- the loop

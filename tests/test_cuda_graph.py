@@ -1,4 +1,7 @@
 """The CUDA-graph sampling loop against the plain loop (needs a GPU; run by benchmarks/gpu_check.sh)."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import skip_unless_runnable
@@ -70,3 +73,26 @@ def test_auto_falls_back_when_the_model_cannot_be_captured(seed):
         x = samplers.em_sample(syncing_model, SDE, None, 64, 20, shape=(2,), seed=seed, device="cuda", backend="cuda")
     torch.testing.assert_close(x, samplers.em_sample(syncing_model, SDE, None, 64, 20, shape=(2,), seed=seed,
                                                      device="cuda", backend="cuda", cuda_graph=False))
+
+
+def test_first_graphed_run_in_a_process_captures_with_triton(tmp_path, seed):
+    """Capture must find every kernel variant loaded by its warm-up: in a fresh process a variant
+    first launched inside the capture would be compiled and loaded there, which CUDA refuses."""
+    skip_unless_runnable("triton", "cuda")
+    script = f"""
+import warnings
+import torch
+from scoreops import samplers
+from scoreops.sde import VESDE
+
+warnings.simplefilter("error")  # a failed capture warns and falls back: fail instead
+
+def score(x, t):
+    return -x / (1 + t[:, None] ** 2)
+
+for run in (samplers.em_sample, samplers.pc_sample):
+    kw = dict(shape=(2,), seed={seed}, device="cuda", backend="triton")
+    graphed = run(score, VESDE(25.0), None, 257, 50, cuda_graph=True, **kw)
+    torch.testing.assert_close(graphed, run(score, VESDE(25.0), None, 257, 50, cuda_graph=False, **kw))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=tmp_path)

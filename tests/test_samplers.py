@@ -220,6 +220,25 @@ def test_a_sample_does_not_depend_on_its_batch(name, seed):
     torch.testing.assert_close(torch.cat([head, tail]), full)
 
 
+@pytest.mark.parametrize("batch", [1, 3, 257])
+def test_plan_rows_start_on_16_byte_boundaries(batch, seed):
+    """Triton specialises a kernel on each pointer's 16-byte alignment: if step k's coefficient,
+    counter or time row were aligned differently from the warm-up steps', a CUDA-graph capture
+    would meet a kernel variant not yet compiled. The copy a graph keeps must stay aligned too."""
+    num_steps = 7
+    plan = samplers._make_plan(samplers._Schedule(SDE, None), num_steps, 1e-3, batch, torch.device("cpu"),
+                               torch.tensor([seed]), "milstein", "time")
+    ts = torch.linspace(1.0, 1e-3, num_steps)
+    want = dict(t=ts[:, None].expand(num_steps, batch), a=SDE.diffusion_coeff(ts.double())[:, None] ** 2 *
+                float(ts[0] - ts[1]), steps=torch.arange(num_steps)[:, None])
+    for p in (plan, plan.clone()):
+        for name in ("t", "a", "b", "c", "steps"):
+            rows = getattr(p, name)
+            assert all(rows[k].data_ptr() % 16 == 0 for k in range(num_steps)), name
+        for name, value in want.items():
+            torch.testing.assert_close(getattr(p, name), value.to(getattr(p, name).dtype))
+
+
 def test_seed_none_follows_torch_manual_seed():
     model = gaussian_score()
     torch.manual_seed(1234)
