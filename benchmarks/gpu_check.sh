@@ -101,6 +101,10 @@ for name in needed:
         missing.append(name)
 if missing:
     sys.exit(f"missing Python packages: {', '.join(missing)}; carry them as wheels in .whl/ (see the device notes)")
+import setuptools
+if tuple(int(part) for part in setuptools.__version__.split(".")[:2]) < (77, 0):
+    sys.exit(f"setuptools {setuptools.__version__} cannot build scoreops (pyproject's SPDX license needs >= 77); "
+             "carry a newer setuptools wheel in .whl/")
 EOF
 }
 
@@ -120,7 +124,8 @@ print("built:", ops.__file__, "| backends on cuda:", on_cuda)')
 gpu_tests() {
   # From tests/, so that the installed package, not the source tree, is imported. One module that
   # fails to import under this torch must not keep the others from running on the one lent GPU.
-  (cd tests && "$PY" -m pytest -m cuda -q -n 4 -p no:cacheprovider --continue-on-collection-errors \
+  # Eight workers: the GPU is shared, the CPU cores compile the Triton and Inductor kernels.
+  (cd tests && "$PY" -m pytest -m cuda -q -n 8 -p no:cacheprovider --continue-on-collection-errors \
     --junitxml="$OUT/tests.xml")
 }
 
@@ -150,7 +155,9 @@ main() {
     return 0
   fi
   stage tests 150 gpu_tests
-  stage bench_steps 120 bench bench_steps --min-run-time 0.03
+  # Three sizes: launch-bound, and two past the L2 cache (the bandwidth targets), each with two
+  # Inductor compiles per update; bench_steps.py's own GPU default has five.
+  stage bench_steps 120 bench bench_steps --min-run-time 0.03 --sizes 64x1x28x28,2^24,2^26
   stage bench_samplers 130 bench bench_samplers --min-run-time 0.05
   echo "== summary (${SECONDS}s)"
   printf '  %s\n' "${SUMMARY[@]}"
