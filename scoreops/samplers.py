@@ -299,7 +299,10 @@ class _GraphedLoop:
             loop.step(x, score_model, loop.num_steps - 1, self.plan)
         torch.cuda.current_stream(x_T.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        capture = torch.cuda.Stream(device=x_T.device)
+        # The outer context gives the caller back its stream even when capture fails:
+        # torch.cuda.graph's exit raises from capture_end before leaving its own stream context.
+        with torch.cuda.stream(capture), torch.cuda.graph(self.graph, stream=capture):
             self.x_out = loop.run(score_model, self.x_T, self.plan, check_first=False)
 
     def __call__(self, x_T: torch.Tensor, plan: _Plan) -> torch.Tensor:

@@ -69,8 +69,10 @@ def test_auto_falls_back_when_the_model_cannot_be_captured(seed):
             raise AssertionError
         return mixture.score(x, t)
 
+    stream = torch.cuda.current_stream()
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         x = samplers.em_sample(syncing_model, SDE, None, 64, 20, shape=(2,), seed=seed, device="cuda", backend="cuda")
+    assert torch.cuda.current_stream() == stream, "the failed capture left its stream current"
     torch.testing.assert_close(x, samplers.em_sample(syncing_model, SDE, None, 64, 20, shape=(2,), seed=seed,
                                                      device="cuda", backend="cuda", cuda_graph=False))
 
