@@ -40,7 +40,7 @@ def _check_grid(ts) -> list[float]:
 
 
 def _diffusion_and_dx(diffusion, diffusion_dx, x: torch.Tensor, t: torch.Tensor):
-    """``G(x, t)`` and ``dG/dx`` elementwise in float32: from ``diffusion_dx``, else by autograd."""
+    """``G(x, t)`` and ``dG/dx`` elementwise as float32; by autograd, dG/dx has x's precision."""
     if diffusion_dx is not None:
         return (_check_like("diffusion", diffusion(x, t), x, torch.float32),
                 _check_like("diffusion_dx", diffusion_dx(x, t), x, torch.float32))
@@ -69,7 +69,8 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         x0: (B, ...) initial state, float32, float16 or bfloat16; row i is sample i of the stream.
         ts: the time grid, strictly increasing, at least 2 times (sequence or 1-D tensor).
         method: ``"euler"`` (Euler-Maruyama) or ``"milstein"``.
-        diffusion_dx: ``dG/dx`` elementwise, for Milstein; taken by autograd when omitted.
+        diffusion_dx: ``dG/dx`` elementwise, for Milstein; taken by autograd when omitted, which
+            gives it x's precision (pass it for float32 coefficients with a half-precision x).
         seed: noise-stream seed (int); None draws one from torch's default generator.
         sample_offset: global index of sample 0.
         backend: op backend, see :mod:`scoreops.ops`.
