@@ -79,15 +79,13 @@ def test_auto_falls_back_when_the_model_cannot_be_captured(seed):
 
 def test_first_graphed_run_in_a_process_captures_with_triton(tmp_path, seed):
     """Capture must find every kernel variant loaded by its warm-up: in a fresh process a variant
-    first launched inside the capture would be compiled and loaded there, which CUDA refuses."""
+    first launched inside the capture would be compiled and loaded there, which CUDA refuses
+    (cuda_graph=True raises when capture fails)."""
     skip_unless_runnable("triton", "cuda")
     script = f"""
-import warnings
 import torch
 from scoreops import samplers
 from scoreops.sde import VESDE
-
-warnings.simplefilter("error")  # a failed capture warns and falls back: fail instead
 
 def score(x, t):
     return -x / (1 + t[:, None] ** 2)
