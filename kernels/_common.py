@@ -47,7 +47,8 @@ def mul(a, b):
     Compiled Triton contracts ``a * b + c`` by default; the torch reference, the C++ kernels
     (-ffp-contract=off) and the CUDA kernels (-fmad=false) round the product first, so plain
     ``*`` would move results by an ulp. ``mul.rn`` is never contracted. The interpreter never
-    contracts and has no libdevice.
+    contracts and has no libdevice. (``mul_rn`` is in CUDA's libdevice only: the Triton
+    backend targets NVIDIA GPUs.)
     """
     if _INTERPRETED:
         return a * b
