@@ -12,11 +12,12 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from triton.language.extra import libdevice
 
+from scoreops.ops import check_float
+
 INTERPRETED: bool = triton.knobs.runtime.interpret
 """True when ``triton.jit`` makes interpreted kernels (``TRITON_INTERPRET=1``), which run on CPU tensors."""
 _INTERPRETED = tl.constexpr(INTERPRETED)
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 UINT32_MASK = 0xFFFFFFFF
 # Pair (sample, group) and flat program indices are int32 inside the kernels.
 MAX_INDEX = 2**31 - 2**16
@@ -101,22 +102,6 @@ def check_device(name: str, t: torch.Tensor) -> None:
     if t.device.type == "cpu" and not INTERPRETED:
         raise RuntimeError(f"{name} is a CPU tensor, but the Triton kernels run on CPU tensors only in Triton's "
                            "interpreter: set TRITON_INTERPRET=1 before triton is imported, or use a GPU tensor")
-
-
-def check_float(name: str, t: torch.Tensor, like: torch.Tensor | None = None) -> None:
-    """``t`` is a float32/float16/bfloat16 tensor; with ``like``, of like's shape, dtype and device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    if like is None:
-        return
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device}, expected {like.device}")
-    if t.shape != like.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype}, expected {like.dtype}")
 
 
 def check_batched(name: str, t: torch.Tensor) -> None:

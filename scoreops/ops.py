@@ -133,18 +133,22 @@ def op(name: str, backend: str):
 
 # --------------------------------------------------------------------------- input checks
 def check_float(name: str, t, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Check that ``t`` is a floating tensor (fp32/fp16/bf16) matching ``like``'s shape/device/dtype."""
+    """Check that ``t`` is a floating tensor (fp32/fp16/bf16) matching ``like``'s shape/device/dtype.
+
+    The Triton op wrappers check their inputs with this too. Only shapes, dtypes and devices are
+    read, so it also runs on fake tensors under ``torch.compile``.
+    """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if like is not None:
         if t.device != like.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
+            raise ValueError(f"{name} is on {t.device}, expected {like.device}")
         if t.shape != like.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(like.shape)}")
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
         if t.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {like.dtype}")
+            raise TypeError(f"{name} has dtype {t.dtype}, expected {like.dtype}")
     return t
 
 
