@@ -43,6 +43,16 @@ def _start(x_T, marginal_prob_std, batch_size, shape, device) -> torch.Tensor:
     return x * _per_sample(torch.as_tensor(marginal_prob_std(t), device=device), x)
 
 
+def _setup(marginal_prob_std, diffusion_coeff, batch_size, shape, device, x_T, num_steps, eps):
+    """What the tutorial's SDE samplers start with: ``(diffusion_coeff, device, x, time_steps,
+    step_size)``, the grid ``linspace(1, eps, num_steps)`` and x drawn from the prior unless given."""
+    marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
+    device = _default_device(device)
+    x = _start(x_T, marginal_prob_std, batch_size, shape, device)
+    time_steps = torch.linspace(1.0, eps, num_steps, device=device)
+    return diffusion_coeff, device, x, time_steps, time_steps[0] - time_steps[1]
+
+
 def _randn(x, step, lane):
     return torch.randn_like(x)
 
@@ -50,11 +60,8 @@ def _randn(x, step, lane):
 def em_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
                eps=1e-3, *, shape=(1, 28, 28), x_T=None, noise=_randn) -> torch.Tensor:
     """The tutorial's Euler-Maruyama sampler; returns the last step's mean."""
-    marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device)
-    x = _start(x_T, marginal_prob_std, batch_size, shape, device)
-    time_steps = torch.linspace(1.0, eps, num_steps, device=device)
-    step_size = time_steps[0] - time_steps[1]
+    diffusion_coeff, device, x, time_steps, step_size = _setup(marginal_prob_std, diffusion_coeff, batch_size,
+                                                               shape, device, x_T, num_steps, eps)
     with torch.no_grad():
         for k, time_step in enumerate(time_steps):
             batch_time_step = torch.ones(x.shape[0], device=device) * time_step
@@ -84,11 +91,8 @@ def milstein_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch
     """
     if isinstance(marginal_prob_std, VESDE) and diffusion_coeff_dt is None:
         diffusion_coeff_dt = marginal_prob_std.diffusion_coeff_dt
-    marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device)
-    x = _start(x_T, marginal_prob_std, batch_size, shape, device)
-    time_steps = torch.linspace(1.0, eps, num_steps, device=device)
-    step_size = time_steps[0] - time_steps[1]
+    diffusion_coeff, device, x, time_steps, step_size = _setup(marginal_prob_std, diffusion_coeff, batch_size,
+                                                               shape, device, x_T, num_steps, eps)
     with torch.no_grad():
         for k, time_step in enumerate(time_steps):
             batch_time_step = torch.ones(x.shape[0], device=device) * time_step
@@ -114,11 +118,8 @@ def pc_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
     ``noise_norm="fixed"`` is the tutorial's ``sqrt(d)``; ``"sampled"`` the batch mean of the
     norms of the drawn noise. Returns the last predictor step's mean.
     """
-    marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device)
-    x = _start(x_T, marginal_prob_std, batch_size, shape, device)
-    time_steps = torch.linspace(1.0, eps, num_steps, device=device)
-    step_size = time_steps[0] - time_steps[1]
+    diffusion_coeff, device, x, time_steps, step_size = _setup(marginal_prob_std, diffusion_coeff, batch_size,
+                                                               shape, device, x_T, num_steps, eps)
     with torch.no_grad():
         for k, time_step in enumerate(time_steps):
             batch_time_step = torch.ones(x.shape[0], device=device) * time_step
