@@ -80,8 +80,30 @@ def wrap_triton(kernel):
     key) by parsing the calls ``wrap_triton(<kernel>)`` in the op's source.
     """
     if not INTERPRETED:
-        return torch.library.wrap_triton(kernel)
+        return _OnTensorDevice(torch.library.wrap_triton(kernel))
     return _InterpretedLauncher(kernel)
+
+
+class _OnTensorDevice:
+    """``launcher[grid](*args)`` launched on the device of the first tensor argument.
+
+    Triton launches on the current CUDA device, which need not be the tensors' (``cuda:1``
+    data while ``cuda:0`` is current); the CUDA kernels switch with a device guard, as here.
+    """
+
+    def __init__(self, launcher):
+        self.launcher = launcher
+
+    def __getitem__(self, grid):
+        launch = self.launcher[grid]
+
+        def on_device(*args, **kwargs):
+            t = next(a for a in args if isinstance(a, torch.Tensor))
+            if t.device.type != "cuda" or is_fake(t) or t.device.index == torch.cuda.current_device():
+                return launch(*args, **kwargs)
+            with torch.cuda.device(t.device):
+                return launch(*args, **kwargs)
+        return on_device
 
 
 class _InterpretedLauncher:
@@ -109,6 +131,24 @@ def check_batched(name: str, t: torch.Tensor) -> None:
     check_float(name, t)
     if t.dim() < 1:
         raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
+
+
+def check_no_partial_overlap(name: str, out: torch.Tensor, t: torch.Tensor) -> None:
+    """A kernel that reads contiguous ``t`` while writing ``out`` in place may share all of its
+    memory (each element is read before it is written), but not part of it: other programs
+    would read elements already written. The C++ ops refuse this case the same way."""
+    if is_fake(out) or is_fake(t) or not t.is_contiguous():  # a strided t is read through a copy
+        return
+    if out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() or out.data_ptr() == t.data_ptr():
+        return
+    (out_start, out_end), (t_start, t_end) = (_byte_span(u) for u in (out, t))
+    if t_start < out_end and out_start < t_end:
+        raise RuntimeError(f"{name} partly overlaps the tensor written in place; pass a copy (clone()) of it")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The addresses [start, end) of a contiguous tensor's elements."""
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
 
 
 def check_counters(seed: torch.Tensor, step: torch.Tensor, device: torch.device) -> None:

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
-                      check_float, check_index_range, mul, round_to, triton_op, wrap_triton)
+                      check_float, check_index_range, check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
 from .philox import stream_normals
 
 # Coefficient layouts: one value, one per sample, one per element.
@@ -123,6 +123,7 @@ def sde_step_(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor
               seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> None:
     """:func:`sde_step` written into x (in place when x is contiguous, else through a contiguous copy)."""
     target = x.contiguous()
+    check_no_partial_overlap("s", target, s)
     _sde_step_into(target, target, s, a, b, c, seed, step, lane, sample_offset, add_noise)
     if not x.is_contiguous():
         x.copy_(target)

@@ -52,6 +52,15 @@ def test_words_are_bit_exact_on_every_backend(backend, device, batch, numel, see
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("step,lane,offset", [(2**32 + 5, 2**32 + 1, 2**32 - 2), (-3, 0, -1), (2**63 - 1, 7, 2**40)])
+def test_counters_wrap_modulo_2_32_like_the_reference(backend, device, step, lane, offset, seed):
+    skip_unless_runnable(backend, device)
+    got = ops.philox_bits(3, 6, seed=seed, step=step, lane=lane, sample_offset=offset, device=device, backend=backend)
+    assert torch.equal(got.cpu(), ops.philox_bits(3, 6, seed=seed, step=step, lane=lane, sample_offset=offset,
+                                                  backend="torch"))
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
 @pytest.mark.parametrize("batch,numel", [(1, 1), (5, 7), (2, 4097), (4, 3 * 32 * 32)])
 def test_normals_agree_within_a_few_ulp(backend, device, batch, numel, seed):
     skip_unless_runnable(backend, device)
@@ -63,6 +72,21 @@ def test_normals_agree_within_a_few_ulp(backend, device, batch, numel, seed):
     # error is a few ulp of r (the Box-Muller radius, at most ~5.7).
     ulp = torch.finfo(torch.float32).eps
     torch.testing.assert_close(got.cpu(), want, rtol=4 * ulp, atol=4 * ulp * 6)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_a_clamped_uniform_gives_the_largest_radius_on_every_backend(backend, device):
+    """Seed 148, step 0, lane 0 (found by a search): word 0 of group 222 of sample 15 is a
+    uniform below U1_MIN, which Box-Muller clamps to it."""
+    skip_unless_runnable(backend, device)
+    words = ops.philox_bits(16, 4096, seed=148, step=0, lane=0, backend="torch")
+    assert noise.uniform_from_word(words[15, 4 * 222].long() & 0xFFFFFFFF) < noise.U1_MIN
+    got = ops.philox_normal(16, 4096, seed=148, step=0, lane=0, device=device, backend=backend)[15, 888:890].cpu()
+    want = ops.philox_normal(16, 4096, seed=148, step=0, lane=0, backend="torch")[15, 888:890]
+    ulp = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got, want, rtol=4 * ulp, atol=4 * ulp * 6)
+    largest_radius = math.sqrt(-2 * math.log(float(torch.tensor(noise.U1_MIN, dtype=torch.float32))))
+    assert abs(float(got.norm()) - largest_radius) < 1e-5
 
 
 def _normals(seed, batch=256, numel=4096, step=0, lane=0, offset=0):

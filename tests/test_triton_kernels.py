@@ -60,15 +60,6 @@ def test_norm_programs_loop_over_chunks_beyond_the_grid_limit(device, seed, monk
     torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("step,lane,offset", [(2**32 + 5, 2**32 + 1, 2**32 - 2), (-3, 0, -1), (2**63 - 1, 7, 2**40)])
-def test_counters_wrap_modulo_2_32_like_the_reference(device, seed, step, lane, offset):
-    _kernels("philox", device)
-    seed_t, step_t = _counters(seed, step, device)
-    got = T.triton_philox_bits(seed_t, step_t, lane, offset, 3, 6)
-    assert torch.equal(got.cpu(), torch_ops.philox_bits(seed_t.cpu(), step_t.cpu(), lane, offset, 3, 6))
-
-
 # numpy, under the interpreter, warns about inf * 0 in masked lanes and inf cast to float16.
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("device", DEVICES)

@@ -56,11 +56,13 @@ void combine_finish(const float* y, float h, int64_t n, float* __restrict acc) {
 }
 
 // err <- h err / (atol + rtol max(|y|, |y_new|)) elementwise; rk_error_sq sums the squares.
+// The max is NaN when either operand is (as torch.maximum), so the solver sees a NaN state.
 SCOREOPS_CPU_CLONES
 void scaled_error(const float* y, const float* y_new, float h, float atol, float rtol, int64_t n,
                   float* __restrict err) {
   for (int64_t j = 0; j < n; ++j) {
-    const float scale = atol + rtol * std::max(std::abs(y[j]), std::abs(y_new[j]));
+    const float ay = std::abs(y[j]), an = std::abs(y_new[j]);
+    const float scale = atol + rtol * (ay > an || std::isnan(ay) ? ay : an);
     err[j] = h * err[j] / scale;
   }
 }

@@ -301,7 +301,9 @@ __global__ void rk_error_partial_kernel(const scalar_t* y, const scalar_t* y_new
     load4<kVec>(y_new + 4 * g, n, nv);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float scaled = h * err[e] / (atol + rtol * fmaxf(fabsf(yv[e]), fabsf(nv[e])));
+      // max(|y|, |y_new|), NaN when either is (fmaxf would drop a NaN), as torch.maximum.
+      const float ay = fabsf(yv[e]), an = fabsf(nv[e]);
+      const float scaled = h * err[e] / (atol + rtol * (ay > an || isnan(ay) ? ay : an));
       sum += e < n ? scaled * scaled : 0.0f;
     }
   }
