@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from . import torch_ops
+from .checks import check_choice, check_int, check_positive
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -153,17 +154,19 @@ def check_float(name: str, t, like: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
-    """A step coefficient as a float32 tensor on x's device, of numel 1, B or numel(x)."""
+    """A step coefficient as a float32 tensor on x's device: one value, one per sample
+    (shape (B,) or (B, 1, ..., 1)) or one per element (x's shape)."""
     if isinstance(v, torch.Tensor):
         if v.dtype.is_complex or not v.dtype.is_floating_point:
             raise TypeError(f"{name} must be a real floating tensor or a float, got {v.dtype}")
         if v.device != x.device:
             raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
-        if v.numel() not in (1, x.shape[0], x.numel()):
-            raise ValueError(f"{name} must have 1, B={x.shape[0]} or numel(x)={x.numel()} elements, "
+        per_sample = (1 <= v.dim() <= x.dim() and v.shape[0] == x.shape[0]
+                      and all(n == 1 for n in v.shape[1:]))
+        if not (v.numel() == 1 or per_sample or v.shape == x.shape):
+            raise ValueError(f"{name} must be one value, one per sample (shape (B,) or (B, 1, ..., 1) with "
+                             f"B = {x.shape[0]}) or one per element (x's shape {tuple(x.shape)}), "
                              f"got shape {tuple(v.shape)}")
-        if v.numel() == x.numel() and v.numel() != 1 and v.shape != x.shape and v.numel() != x.shape[0]:
-            raise ValueError(f"per-element {name} must have x's shape {tuple(x.shape)}, got {tuple(v.shape)}")
         return v.to(torch.float32).contiguous()
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
@@ -204,7 +207,8 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
     Args:
         x: (B, ...) state, float32/float16/bfloat16; arithmetic is float32.
         score: score (or drift) of x's shape, dtype and device.
-        a, b, c: floats, or float tensors of 1, B (per sample) or numel(x) (per element) values.
+        a, b, c: floats, or float tensors of one value, one per sample (shape (B,) or (B, 1, ..., 1)) or
+            one per element (x's shape).
         seed, step: noise-stream key and step counter (int or 1-element int64 tensor).
         lane: stream lane (0 predictor, 1 + r for the r-th corrector step).
         sample_offset: global index of sample 0 (for sharded sampling).
@@ -282,10 +286,8 @@ def langevin_correct(x: torch.Tensor, score: torch.Tensor, snr: float, *, seed, 
     """
     _check_x(x)
     check_float("score", score, like=x)
-    if noise_norm not in NOISE_NORMS:
-        raise ValueError(f"noise_norm must be one of {NOISE_NORMS}, got {noise_norm!r}")
-    if not (isinstance(snr, (int, float)) and snr > 0 and math.isfinite(snr)):
-        raise ValueError(f"snr must be a positive finite float, got {snr!r}")
+    check_choice("noise_norm", noise_norm, NOISE_NORMS)
+    snr = check_positive("snr", snr)
     if x.numel() == 0:
         return x if inplace else x.clone()
     impl = resolve_backend(backend, x.device)
@@ -306,7 +308,7 @@ def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample
                   device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """Standard normals of the stream: float32 (batch, numel) for samples ``sample_offset + i``."""
     device = torch.device(device)
-    _check_sizes(batch, numel)
+    batch, numel = _check_sizes(batch, numel)
     seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
     return op("philox_normal", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
 
@@ -315,15 +317,13 @@ def philox_bits(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_o
                 device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """The stream's raw uint32 words bit-cast to int32: (batch, 4 * ceil(numel / 4))."""
     device = torch.device(device)
-    _check_sizes(batch, numel)
+    batch, numel = _check_sizes(batch, numel)
     seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
     return op("philox_bits", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
 
 
-def _check_sizes(batch, numel):
-    for name, v in (("batch", batch), ("numel", numel)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+def _check_sizes(batch, numel) -> tuple[int, int]:
+    return check_int("batch", batch, 0), check_int("numel", numel, 0)
 
 
 def _check_stages(y, ks, coeffs, name):

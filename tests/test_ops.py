@@ -202,8 +202,11 @@ def test_bad_inputs_get_clear_errors():
         ops.sde_step(x.to(torch.complex64), s, 0.1, 0.1, **call)
     with pytest.raises(TypeError, match="x must be float32"):
         ops.sde_step(x.double(), s.double(), 0.1, 0.1, **call)
-    with pytest.raises(ValueError, match="b must have 1, B=4"):
+    with pytest.raises(ValueError, match="b must be one value, one per sample"):
         ops.sde_step(x, s, 0.1, torch.rand(5), **call)
+    # 4 values, but laid out along x's last dimensions: not one per sample.
+    with pytest.raises(ValueError, match=r"a must be .* got shape \(1, 2, 2\)"):
+        ops.sde_step(torch.randn(4, 2, 2), torch.randn(4, 2, 2), torch.rand(1, 2, 2), 0.1, **call)
     with pytest.raises(TypeError, match="a must be a real floating"):
         ops.sde_step(x, s, torch.ones(4, dtype=torch.int64), 0.1, **call)
     with pytest.raises(TypeError, match="seed must be an int"):
@@ -236,13 +239,49 @@ def test_empty_inputs_return_at_once(backend, device):
     assert ops.sample_sq_norms(torch.empty(3, 0, device=device), backend=backend).abs().sum() == 0
 
 
-@pytest.mark.parametrize("backend,device", [p for p in KERNEL_BACKENDS if p.values[0] in ("cpu", "cuda")])
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
 def test_in_place_step_refuses_a_partially_overlapping_score(backend, device):
     skip_unless_runnable(backend, device)
     buf = torch.randn(129, device=device)
     x, s = buf[:128].view(2, 64), buf[1:].view(2, 64)  # contiguous, shifted by one element
-    with pytest.raises(RuntimeError, match="refer to a single memory location"):
+    # ATen's message (cpu, cuda) or the Triton wrapper's.
+    with pytest.raises(RuntimeError, match="refer to a single memory location|partly overlaps"):
         ops.sde_step(x, s, 0.1, 0.2, seed=1, step=0, inplace=True, backend=backend)
     x = torch.randn(3, 8, device=device)
     want = ops.sde_step(x, x, 0.1, 0.2, seed=1, step=0, backend=backend)
     torch.testing.assert_close(ops.sde_step(x, x, 0.1, 0.2, seed=1, step=0, inplace=True, backend=backend), want)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_per_sample_coefficients_as_a_column(backend, device, seed):
+    skip_unless_runnable(backend, device)
+    x, s = torch.randn(3, 2, 5, device=device), torch.randn(3, 2, 5, device=device)
+    a, b, c = (torch.rand(3, device=device) for _ in range(3))
+    want = ops.sde_step(x, s, a, b, c, seed=seed, step=1, backend=backend)
+    got = ops.sde_step(x, s, a[:, None, None], b[:, None], c, seed=seed, step=1, backend=backend)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_error_norm_is_nan_when_a_state_is(backend, device):
+    skip_unless_runnable(backend, device)
+    y, ks = torch.randn(2, 9, device=device), [torch.randn(2, 9, device=device)]
+    y_new = y + 0.1 * ks[0]
+    nan_at = torch.zeros_like(y)
+    nan_at[1, 4] = float("nan")
+    for y_a, y_b in ((y + nan_at, y_new), (y, y_new + nan_at)):
+        assert ops.rk_error_norm(y_a, y_b, ks, [0.5], 0.1, 1e-5, 1e-5, backend=backend).isnan()
+
+
+def test_a_meta_tensor_among_the_arguments_is_refused():
+    """One meta argument sends an eager call to the fake kernel, past the C++ device checks."""
+    ops.resolve_backend("cpu", "cpu")  # loads scoreops._C
+    x = torch.randn(2, 3)
+    seed, step = torch.tensor([1]), torch.tensor([0])
+    meta = torch.ones(1, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        torch.ops.scoreops.sde_step(x, x, meta, meta, meta, seed, step, 0, 0, True)
+    with pytest.raises(ValueError, match="one device"):
+        torch.ops.scoreops.sde_step_(x, x.clone(), meta, meta, meta, seed, step, 0, 0, True)
+    with pytest.raises(ValueError, match="one device"):
+        torch.ops.scoreops.rk_combine(x, [x.to("meta")], [1.0], 0.1)
