@@ -22,6 +22,7 @@ in device tensors, so a replay with a new seed draws new noise and the loop has 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 import weakref
 from dataclasses import dataclass, fields
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import noise, ops
+from .checks import check_choice, check_int, check_positive
 from .sde import VESDE, prior_sample
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "milstein")
@@ -55,7 +57,24 @@ class _Schedule:
 
     @staticmethod
     def _eval(name: str, fn, t: torch.Tensor) -> torch.Tensor:
-        out = torch.as_tensor(fn(t)).to(device="cpu", dtype=torch.float64).broadcast_to(t.shape)
+        """``fn`` at the float64 CPU times ``t``, as float64 of t's shape.
+
+        ``fn`` gets the whole grid, as the tutorial's functions take a batch of times; one that
+        does not map it elementwise (one value back, or an error) is called per time, with t of
+        shape (1,), as the tutorial calls it with a batch of equal times.
+        """
+        try:
+            out = _float64(fn(t))
+        except Exception as e:  # a real error is raised again by the per-time call below
+            if t.numel() == 1:
+                raise ValueError(f"{name}(t) failed for t of shape {tuple(t.shape)}: {e}") from e
+            out = None
+        if out is None or out.numel() != t.numel():
+            if t.numel() == 1:
+                raise ValueError(f"{name}(t) must return one value per time, got shape {tuple(out.shape)} "
+                                 f"for t of shape {tuple(t.shape)}")
+            out = torch.cat([_Schedule._eval(name, fn, ti) for ti in t.reshape(-1, 1)])
+        out = out.reshape(t.shape)
         if not torch.isfinite(out).all():
             raise ValueError(f"{name} returned non-finite values for t in [{t.min():.4g}, {t.max():.4g}]")
         return out
@@ -73,52 +92,54 @@ class _Schedule:
         return self._eval("the time derivative of diffusion_coeff", self._plain_dg_dt, t)
 
     def _plain_dg_dt(self, t: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the probe's warnings, e.g. float() of a tensor needing grad
             tg = t.clone().requires_grad_()
-            g = torch.as_tensor(self._g(tg))
-            if g.requires_grad:
+            try:
+                g = torch.as_tensor(self._g(tg))
+            except Exception:  # e.g. numpy inside diffusion_coeff, which cannot take a tensor needing grad
+                g = None
+            if g is not None and g.requires_grad and g.numel() == t.numel():
                 # g is elementwise in t, so the gradient of the sum is g'(t) at every t.
                 (dg,) = torch.autograd.grad(g.sum(), tg, allow_unused=True)
                 return torch.zeros_like(t) if dg is None else dg
-        # diffusion_coeff cuts the graph (the tutorial's wraps its result in torch.tensor).
-        h = torch.finfo(g.dtype).eps ** (1 / 3)
+        # diffusion_coeff cuts the graph (the tutorial's wraps its result in torch.tensor), does
+        # not take a tensor that needs grad, or is not elementwise on the grid.
+        # The step balances truncation and the roundoff of the precision diffusion_coeff computes in.
+        h = torch.finfo(torch.float64 if g is None else _precision(g)).eps ** (1 / 3)
         return (self.g(t + h) - self.g(t - h)) / (2 * h)
+
+
+def _precision(v: torch.Tensor) -> torch.dtype:
+    """The float type a function's value was computed in: float64 for Python and NumPy float64."""
+    return v.dtype if v.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+
+
+def _float64(v) -> torch.Tensor:
+    """A function's value as a float64 CPU tensor."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(v, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------- argument checks
 def _default_device(device, x_T: torch.Tensor | None) -> torch.device:
+    if x_T is not None:
+        ops.check_float("the starting sample", x_T)
     if device is None:
-        if x_T is not None:
-            return x_T.device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = x_T.device if x_T is not None else "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "meta":
+        raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
     if x_T is not None and x_T.device.type != device.type:
         raise ValueError(f"the starting sample is on {x_T.device} but device={device}")
     return device
 
 
-def _check_int(name: str, v, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    return v
-
-
-def _check_positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be a positive finite float, got {v!r}")
-    return float(v)
-
-
 def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:
         raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")
     return float(eps)
-
-
-def _check_choice(name: str, v, choices) -> str:
-    if v not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {v!r}")
-    return v
 
 
 def _seed_tensor(seed, device: torch.device) -> torch.Tensor:
@@ -135,8 +156,10 @@ def _starting_sample(name: str, x_T, schedule: _Schedule, batch_size, shape, see
         ops.check_float(name, x_T)
         if x_T.dim() < 1 or x_T.shape[0] == 0:
             raise ValueError(f"{name} must have a non-empty leading batch dimension, got shape {tuple(x_T.shape)}")
+        if not torch.isfinite(x_T).all():
+            raise ValueError(f"{name} contains NaN or Inf")
         return x_T.to(device)
-    _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:
@@ -214,7 +237,10 @@ def _aligned_rows(v: torch.Tensor) -> torch.Tensor:
 def _time_grid(num_steps: int, eps: float) -> tuple[torch.Tensor, float]:
     """The tutorial's grid ``linspace(1, eps, num_steps)`` (float32) and its step ``dt > 0``."""
     ts = torch.linspace(1.0, eps, num_steps)
-    return ts, float(ts[0] - ts[1])
+    dt = float(ts[0] - ts[1])
+    if dt <= 0:
+        raise ValueError(f"eps = {eps!r} is too close to 1: the float32 grid of {num_steps} steps has dt = 0")
+    return ts, dt
 
 
 def _predictor_coefs(schedule: _Schedule, ts: torch.Tensor, dt: float, predictor: str, correction: str):
@@ -371,9 +397,9 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
             seed, x_T, sample_offset, backend, cuda_graph, progress, predictor="euler_maruyama", correction="time",
             corrector_steps=0, snr=0.16, noise_norm="fixed", per_sample=False) -> torch.Tensor:
     """The SDE samplers' common body: check arguments, draw x(1), plan, loop, check the result."""
-    _check_int("num_steps", num_steps, 2)
+    num_steps = check_int("num_steps", num_steps, 2)
     eps = _check_eps(eps)
-    _check_int("sample_offset", sample_offset, 0)
+    sample_offset = check_int("sample_offset", sample_offset, 0)
     schedule = _Schedule(marginal_prob_std, diffusion_coeff)
     device = _default_device(device, x_T)
     backend = ops.resolve_backend(backend, device)
@@ -409,8 +435,11 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
         score_model: ``score_model(x, t)`` with x of shape ``(B, *shape)`` and t of shape (B,),
             returning the score, of x's shape and dtype.
         marginal_prob_std: ``std(t)``: the tutorial's function, or a :class:`~scoreops.sde.VESDE`
-            (then leave ``diffusion_coeff`` out).
-        diffusion_coeff: ``g(t)``, the tutorial's function (None with a VESDE).
+            (then leave ``diffusion_coeff`` out). A function is called with a float64 CPU tensor
+            of times, the whole grid at once; where it does not map that grid elementwise (it
+            returns one value, or raises) it is called per time, with t of shape (1,).
+        diffusion_coeff: ``g(t)``, the tutorial's function, called as ``marginal_prob_std`` is
+            (None with a VESDE).
         batch_size: number of samples B (ignored when ``x_T`` is given).
         num_steps: steps on the grid ``linspace(1, eps, num_steps)``, >= 2.
         device: None means CUDA when available, else CPU (or x_T's device).
@@ -461,7 +490,7 @@ def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_
 
     Other arguments, the result and the errors are those of :func:`em_sample`.
     """
-    _check_choice("correction", correction, CORRECTIONS)
+    check_choice("correction", correction, CORRECTIONS)
     return _sample("milstein_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device,
                    eps, shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor="milstein", correction=correction)
@@ -488,14 +517,14 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
         per_sample: use each sample's own norms in ``e`` instead of batch means, so that sample i
             does not depend on the rest of its batch.
     """
-    _check_choice("predictor", predictor, PREDICTORS)
-    _check_choice("correction", correction, CORRECTIONS)
-    _check_choice("noise_norm", noise_norm, ops.NOISE_NORMS)
-    _check_int("corrector_steps", corrector_steps, 0)
+    check_choice("predictor", predictor, PREDICTORS)
+    check_choice("correction", correction, CORRECTIONS)
+    check_choice("noise_norm", noise_norm, ops.NOISE_NORMS)
+    corrector_steps = check_int("corrector_steps", corrector_steps, 0)
     return _sample("pc_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
-                   corrector_steps=corrector_steps, snr=_check_positive("snr", snr), noise_norm=noise_norm,
+                   corrector_steps=corrector_steps, snr=check_positive("snr", snr), noise_norm=noise_norm,
                    per_sample=bool(per_sample))
 
 
@@ -537,15 +566,23 @@ def _weighted(coeffs, weights) -> list[float]:
     return [c * w for c, w in zip(coeffs, weights, strict=True)]
 
 
+def _check_norm(norm: float, t: float) -> None:
+    if not math.isfinite(norm):
+        raise RuntimeError(f"ode_sample: the score at t = {t:.6g} is NaN or Inf, or so large that the "
+                           "error norm overflows float32")
+
+
 def _initial_step(fun, t0, t1, y0, k0, w0, atol, rtol, backend) -> float:
     """scipy's ``select_initial_step`` for an error estimator of order 4 (one evaluation)."""
     span, direction = abs(t1 - t0), math.copysign(1.0, t1 - t0)
     d0, d1 = (float(ops.rk_error_norm(y0, y0, [k], [w], 1.0, atol, rtol, backend=backend))
               for k, w in ((y0, 1.0), (k0, w0)))
+    _check_norm(d1, t0)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, span)
     k1, w1 = fun(t0 + direction * h0, ops.rk_combine(y0, [k0], [w0], direction * h0, backend=backend))
     d2 = float(ops.rk_error_norm(y0, y0, [k1, k0], [w1, -w0], 1.0 / h0, atol, rtol, backend=backend))
+    _check_norm(d2, t0 + direction * h0)
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
@@ -634,8 +671,8 @@ def ode_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
         RuntimeError: NaN or Inf in the score or the state, naming the time interval.
     """
     eps = _check_eps(eps)
-    atol, rtol = _check_positive("atol", atol), _check_positive("rtol", rtol)
-    _check_int("sample_offset", sample_offset, 0)
+    atol, rtol = check_positive("atol", atol), check_positive("rtol", rtol)
+    sample_offset = check_int("sample_offset", sample_offset, 0)
     schedule = _Schedule(marginal_prob_std, diffusion_coeff)
     device = _default_device(device, z)
     backend = ops.resolve_backend(backend, device)

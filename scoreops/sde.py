@@ -118,5 +118,8 @@ def prior_sample(marginal_prob_std, batch_size: int, shape=(1, 28, 28), *, seed:
     numel = math.prod(shape)
     z = ops.philox_normal(batch_size, numel, seed=seed, step=0, lane=PRIOR_LANE, sample_offset=sample_offset,
                           device=device, backend=backend)
-    std1 = torch.as_tensor(marginal_prob_std(torch.ones((), dtype=torch.float64)))
-    return (z * std1.to(device=device, dtype=torch.float32)).reshape(batch_size, *shape)
+    # t of shape (1,): the tutorial calls marginal_prob_std with a batch of times.
+    std1 = torch.as_tensor(marginal_prob_std(torch.ones(1, dtype=torch.float64)))
+    if std1.numel() != 1 or not bool(torch.isfinite(std1).all()) or not bool(std1.reshape(()) > 0):
+        raise ValueError(f"marginal_prob_std(1) must be one positive finite value, got {std1}")
+    return (z * std1.reshape(()).to(device=device, dtype=torch.float32)).reshape(batch_size, *shape)

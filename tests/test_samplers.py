@@ -183,6 +183,38 @@ def test_tutorial_functions_are_accepted(seed):
         torch.testing.assert_close(sample(model, std_fn, g_fn, BATCH, STEPS, shape=SHAPE, seed=seed), want)
 
 
+LOG_SIGMA = math.log(25.0)
+# std(t) and g(t) written in ways the tutorial's loop accepts, since it calls them with a batch
+# of equal times: one value for the batch, NumPy, a column, or Python floats of one time.
+SCHEDULE_STYLES = {
+    "one value": (lambda t: SDE.marginal_prob_std(t[0]), lambda t: 25.0 ** t[0]),
+    "numpy": (lambda t: np.sqrt((25.0 ** (2 * np.asarray(t)) - 1) / (2 * LOG_SIGMA)),
+              lambda t: 25.0 ** np.asarray(t)),
+    "column": (lambda t: SDE.marginal_prob_std(t)[:, None], lambda t: SDE.diffusion_coeff(t)[:, None]),
+    "scalar only": (lambda t: math.sqrt((25.0 ** (2 * float(t)) - 1) / (2 * LOG_SIGMA)),
+                    lambda t: 25.0 ** float(t)),
+}
+
+
+@pytest.mark.parametrize("style", list(SCHEDULE_STYLES))
+def test_schedule_functions_in_other_styles_give_the_same_samples(style, seed):
+    model = gaussian_score()
+    std_fn, g_fn = SCHEDULE_STYLES[style]
+    for sample in (samplers.em_sample, samplers.milstein_sample, samplers.pc_sample):
+        want = sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
+        torch.testing.assert_close(sample(model, std_fn, g_fn, BATCH, STEPS, shape=SHAPE, seed=seed), want)
+    want = samplers.ode_sample(model, SDE, None, BATCH, shape=SHAPE, seed=seed)
+    torch.testing.assert_close(samplers.ode_sample(model, std_fn, g_fn, BATCH, shape=SHAPE, seed=seed), want)
+
+
+def test_a_constant_diffusion_has_no_time_correction(seed):
+    model = gaussian_score()
+    em = samplers.em_sample(model, SDE.marginal_prob_std, lambda t: 2, BATCH, STEPS, shape=SHAPE, seed=seed)
+    milstein = samplers.milstein_sample(model, SDE.marginal_prob_std, lambda t: 2, BATCH, STEPS, shape=SHAPE,
+                                        seed=seed)
+    assert torch.equal(em, milstein)
+
+
 # --------------------------------------------------------------------------- the noise stream's guarantees
 SDE_SAMPLERS = {
     "em": samplers.em_sample,
@@ -352,7 +384,15 @@ def _em(**kw):
     (dict(backend="numpy"), ValueError, "backend"),
     (dict(diffusion_coeff=diffusion_coeff), ValueError, "VESDE"),
     (dict(marginal_prob_std=25.0), TypeError, "marginal_prob_std"),
-    (dict(x_T=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "x_T"),
+    (dict(x_T=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "starting sample must be float32"),
+    (dict(x_T=[[0.0, 1.0]]), TypeError, "starting sample must be a torch.Tensor"),
+    (dict(x_T=torch.tensor([[0.0, float("nan")]])), ValueError, "x_T contains NaN"),
+    (dict(device="meta"), ValueError, "meta device"),
+    (dict(eps=1 - 1e-9), ValueError, "too close to 1"),
+    (dict(marginal_prob_std=lambda t: torch.ones(3), diffusion_coeff=diffusion_coeff), ValueError,
+     "marginal_prob_std\\(t\\) must return one value per time"),
+    (dict(marginal_prob_std=lambda t: -torch.ones_like(t), diffusion_coeff=diffusion_coeff), ValueError,
+     "marginal_prob_std\\(1\\) must be one positive"),
     (dict(score_model=lambda x, t: x[:, :1]), ValueError, "score_model returned shape"),
     (dict(score_model=lambda x, t: x.double()), TypeError, "score_model returned torch.float64"),
     (dict(score_model=lambda x, t: x.tolist()), TypeError, "score_model must return a tensor"),
@@ -362,6 +402,10 @@ def _em(**kw):
 def test_bad_sde_sampler_input(kw, error, match):
     with pytest.raises(error, match=match):
         _em(**kw)
+
+
+def test_numpy_scalars_are_accepted_as_numbers():
+    assert torch.equal(_em(batch_size=np.int64(2), num_steps=np.int32(3), eps=np.float32(1e-3)), _em())
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -380,6 +424,16 @@ def test_bad_pc_input(kw, match):
 def test_bad_ode_input(kw, match):
     with pytest.raises(ValueError, match=match):
         samplers.ode_sample(gaussian_score(), SDE, None, 2, shape=SHAPE, seed=0, **kw)
+
+
+@pytest.mark.parametrize("score, z, error, match", [
+    (lambda x, t: torch.full_like(x, float("inf")), None, RuntimeError, "score at t = 1 is NaN or Inf"),
+    (lambda x, t: torch.full_like(x, float("nan")), None, RuntimeError, "score at t = 1 is NaN or Inf"),
+    (lambda x, t: -x, torch.tensor([[float("nan"), 0.0, 1.0]]), ValueError, "z contains NaN"),
+])
+def test_non_finite_ode_input_is_named(score, z, error, match):
+    with pytest.raises(error, match=match):
+        samplers.ode_sample(score, SDE, None, 2, z=z, shape=SHAPE, seed=0)
 
 
 def test_bad_milstein_correction():
