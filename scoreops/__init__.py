@@ -21,7 +21,7 @@ _EXPORTS = {
     "pc_sample": "samplers",
     "ode_sample": "samplers",
     "ODEResult": "samplers",
-    "sdeint": "sdeint",
+    "sdeint": "ito_sde",
     "ScoreNet": "models",
     "EMA": "ema",
     "load_model": "checkpoint",

@@ -1,12 +1,14 @@
 """scoreops.sdeint: strong order on geometric Brownian motion, the update against a hand-written
 loop, and bad input."""
 import math
+import types
 
 import pytest
 import torch
 
+import scoreops
 from scoreops import noise
-from scoreops.sdeint import sdeint
+from scoreops.ito_sde import sdeint
 
 MU, SIGMA, PATHS = 0.5, 0.8, 4000
 
@@ -131,8 +133,17 @@ def test_half_precision_state_keeps_float32_coefficients(method, seed):
     (dict(drift=lambda x, t: 1.0), TypeError, "drift must return a tensor"),
     (dict(diffusion=lambda x, t: x.reshape(-1)[:2]), ValueError, "diffusion returned shape"),
     (dict(method="milstein", diffusion_dx=1.0), TypeError, "diffusion_dx"),
+    (dict(sample_offset=1.5), ValueError, "sample_offset"),
+    (dict(drift=lambda x, t: x / (t - 0.5)), RuntimeError, "NaN or Inf, first at t = 1 "),
 ])
 def test_bad_input(kw, error, match):
     args = dict(drift=gbm_drift, diffusion=gbm_diffusion, x0=torch.ones(3), ts=[0.0, 0.5, 1.0], seed=0)
     with pytest.raises(error, match=match):
         sdeint(**{**args, **kw})
+
+
+def test_package_exports_the_function_after_any_import_order():
+    import scoreops.ito_sde  # noqa: F401  (binds the submodule on the package)
+    for _ in range(2):
+        assert scoreops.sdeint is sdeint
+        assert not any(isinstance(getattr(scoreops, name), types.ModuleType) for name in scoreops.__all__)

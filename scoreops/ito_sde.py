@@ -13,6 +13,7 @@ import math
 import torch
 
 from . import noise, ops
+from .checks import check_choice, check_int
 
 METHODS = ("euler", "milstein")
 
@@ -76,15 +77,18 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         backend: op backend, see :mod:`scoreops.ops`.
     Returns:
         The path at the grid times, shape ``(len(ts), *x0.shape)``, with x0 first.
+    Raises:
+        ValueError / TypeError: bad arguments, or a function whose output does not fit x.
+        RuntimeError: NaN or Inf in the path, naming the first grid time where it appeared.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     ops.check_float("x0", x0)
     if x0.dim() < 1:
         raise ValueError("x0 must have a leading batch dimension, got a 0-d tensor")
     if diffusion_dx is not None and not callable(diffusion_dx):
         raise TypeError(f"diffusion_dx must be a function of (x, t) or None, got {type(diffusion_dx).__name__}")
     ts = _check_grid(ts)
+    sample_offset = check_int("sample_offset", sample_offset, 0)
     backend = ops.resolve_backend(backend, x0.device)
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
@@ -107,4 +111,9 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
             x = ops.sde_step(x, mu, dt, g * math.sqrt(dt), c, seed=seed, step=steps[k],
                              lane=noise.LANE_PREDICTOR, sample_offset=sample_offset, backend=backend)
             path.append(x)
-    return torch.stack(path)
+    path = torch.stack(path)
+    finite = torch.isfinite(path.flatten(1)).all(1)
+    if not finite.all():  # one host sync for the whole path
+        k = int(finite.logical_not().nonzero()[0])
+        raise RuntimeError(f"sdeint: the path contains NaN or Inf, first at t = {ts[k]:.6g} (grid index {k})")
+    return path
