@@ -13,6 +13,7 @@ All images are float tensors (N, C, H, W) in the data range [0, 1]; clamp sample
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ def load_or_train_classifier(dataset: str, images: torch.Tensor, labels: torch.T
 
     The cache file (see :func:`classifier_path`) is keyed by data set name and image shape; it is
     retrained (and replaced) when it cannot be read or when its recorded version, class count,
-    training-set size or split does not match. ``train_options`` only matter when it trains.
+    training-set size, split, epochs or batch size does not match.
 
     Args:
         dataset: data set name (the cache key).
@@ -157,9 +158,12 @@ def load_or_train_classifier(dataset: str, images: torch.Tensor, labels: torch.T
     """
     _check_images("images", images)
     path = classifier_path(default_cache_dir() if cache_dir is None else cache_dir, dataset, images)
+    defaults = {k: p.default for k, p in inspect.signature(train_classifier).parameters.items()
+                if k in ("epochs", "batch_size")}
+    training = {**defaults, **train_options}
     expected = {"version": CLASSIFIER_VERSION, "num_classes": str(int(labels.max()) + 1),
                 "num_images": str(len(images)), "heldout_fraction": repr(float(heldout_fraction)),
-                "seed": str(seed)}
+                "seed": str(seed), "epochs": str(training["epochs"]), "batch_size": str(training["batch_size"])}
     cached = _load_cached(path, expected, images.shape[1], device)
     if cached is not None:
         return cached

@@ -120,11 +120,15 @@ def test_classifier_learns_digits_and_is_cached(digits8, tmp_path):
     assert len(heldout) == round(0.2 * len(images)) and not set(heldout.tolist()) & set(train.tolist())
     assert torch.equal(first.heldout, heldout)
 
-    again = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=1, progress=False)
+    again = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8, progress=False)
     assert again.heldout_accuracy == first.heldout_accuracy and torch.equal(again.heldout, heldout)
     probe = torch.rand(9, 1, 8, 8)
     torch.testing.assert_close(metrics.extract_features(again.net, probe), metrics.extract_features(first.net, probe))
     assert metrics.extract_features(first.net, probe).shape == (9, 64)
+
+    # Other training options are not served the cached classifier: a 1-epoch one is trained.
+    shorter = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=1, progress=False)
+    assert not torch.allclose(metrics.extract_features(shorter.net, probe), metrics.extract_features(first.net, probe))
 
     # A corrupted cache file is replaced, not trusted.
     first.path.write_bytes(b"not a safetensors file")
