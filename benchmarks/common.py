@@ -9,6 +9,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch.utils import benchmark
 
 import scoreops
+
+# torch.utils.benchmark imports cpp_extension, which warns on every CPU-only machine that it
+# found no CUDA runtime; the benchmarks compile nothing with it.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 COPY_BYTES_PER_ELEMENT = 8  # dst.copy_(src) in float32: one read, one write
 

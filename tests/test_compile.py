@@ -1,7 +1,5 @@
 """torch.compile of a sampler loop with the fused ops inside: the ops must trace (fake
 implementations, no graph breaks) and the compiled loop must give the eager loop's samples."""
-import functools
-
 import pytest
 import torch
 from conftest import KERNEL_BACKENDS, skip_unless_runnable
