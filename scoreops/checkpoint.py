@@ -215,7 +215,19 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise CheckpointError(f"the weights in {source} do not fit the model (its config does not match): {e}") from e
+        raise CheckpointError(f"the weights in {source} do not fit the model (its config does not match): "
+                              f"{_first_mismatch(model.state_dict(), weights)}") from e
+
+
+def _first_mismatch(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str:
+    """One line on how ``weights`` differ from a model's ``expected`` state (load_state_dict lists all)."""
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        return (f"{len(missing)} weights missing (e.g. {missing[:1]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+    wrong = [k for k in expected if weights[k].shape != expected[k].shape]
+    return (f"{len(wrong)} weights of another shape, e.g. {wrong[0]}: {tuple(weights[wrong[0]].shape)} in the "
+            f"checkpoint, {tuple(expected[wrong[0]].shape)} in the model" if wrong else "load_state_dict refused them")
 
 
 def load_model(path: str | os.PathLike, ema: bool = True,

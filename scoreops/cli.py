@@ -4,6 +4,7 @@ Every subcommand writes into one output folder (``--out``), shows progress bars 
 and prints the folder when it is done. Expected failures (a missing checkpoint or data set, an
 output folder that cannot be written, a bad option) end with one line on stderr,
 ``scoreops: error: <message>``, and exit code 2; ``scoreops --debug ...`` shows the traceback.
+``train`` and ``sample`` also run under ``torchrun``, split between its processes.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .ops import BACKENDS
 
 DEMO_TRAIN_STEPS = 4000
+# The commands that split their work between torchrun's processes.
+DISTRIBUTED_COMMANDS = ("train", "sample")
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, ArithmeticError)
 
@@ -31,14 +34,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, low, what: str, example: str):
-    """An argparse type: one ``kind`` value (int or float) >= ``low`` (> 0 when low is 0)."""
+def _number(kind: type, low, what: str, example: str, *, strict: bool = False):
+    """An argparse type: one ``kind`` value (int or float) >= ``low`` (> ``low`` when ``strict``)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}") from None
-        if not (value > 0 if low == 0 else value >= low):
+        if not (value > low if strict else value >= low):
             raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}")
         return value
     return parse
@@ -64,7 +67,8 @@ def _sampler_list(text: str) -> list[str]:
 _step_count = _number(int, 2, "a step count of at least 2", "500")
 _step_counts = _comma_list(_step_count)
 _positive_int = _number(int, 1, "a positive integer", "64")
-_positive_float = _number(float, 0, "a positive number", "1e-5")
+_positive_float = _number(float, 0, "a positive number", "1e-5", strict=True)
+_seed = _number(int, 0, "a seed >= 0", "0")
 _float_list = _comma_list(_positive_float)
 
 
@@ -121,7 +125,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s, the fastest built)")
-    p.add_argument("--seed", type=int, default=0, help="noise-stream seed; one seed gives every sampler "
+    p.add_argument("--seed", type=_seed, default=0, help="noise-stream seed; one seed gives every sampler "
                                                        "the same x(1) (default: %(default)s)")
 
 
@@ -157,22 +161,40 @@ def write_samples(run, out: Path, info: dict) -> list[Path]:
 def cmd_train(args: argparse.Namespace) -> Path:
     from . import train
 
+    config = train.config_from_args(args)
+    config.validate()  # before the output folder is made
     out = output_folder(args.out)
-    train.train(train.config_from_args(args))
+    train.train(config)
     return out
 
 
 def cmd_sample(args: argparse.Namespace) -> Path:
+    """Draw the samples; under torchrun each process draws its shard of the stream's samples
+    (``sample_offset``) and rank 0 gathers and writes them all."""
+    import dataclasses
+
     from .compare import draw_samples
 
-    device = _device(args.device)
-    model, _, sde, shape = _load(args.checkpoint, args.raw_weights, device)
-    out = output_folder(args.out)
-    run = draw_samples(args.sampler, model, sde, shape, num_samples=args.num_samples, steps=args.steps, tol=args.tol,
-                       snr=args.snr, correction=args.correction, seed=args.seed, device=device, backend=args.backend,
-                       progress=True)
-    write_samples(run, out, {"checkpoint": args.checkpoint, "seed": args.seed})
-    print(f"{run.sampler}: {len(run.samples)} samples, {run.nfe} score evaluations, {run.seconds:.1f} s")
+    with distributed.process_group(args.device) as (rank, world_size, device):
+        if args.num_samples < world_size:
+            raise ValueError(f"--num-samples {args.num_samples} is fewer than the {world_size} processes")
+        model, _, sde, shape = _load(args.checkpoint, args.raw_weights, device)
+        out = output_folder(args.out)
+        offset, count = distributed.shard(args.num_samples, rank, world_size)
+        run = draw_samples(args.sampler, model, sde, shape, num_samples=count, sample_offset=offset, steps=args.steps,
+                           tol=args.tol, snr=args.snr, correction=args.correction, seed=args.seed, device=device,
+                           backend=args.backend, progress=rank == 0)
+        # The ODE's nfe and every wall time differ between shards: report the largest.
+        nfe, seconds = distributed.max_over_ranks(
+            torch.tensor([run.nfe, run.seconds], dtype=torch.float64, device=device), world_size).tolist()
+        run = dataclasses.replace(run, samples=distributed.gather_shards(run.samples, args.num_samples, world_size),
+                                  nfe=int(nfe), seconds=seconds)
+        if rank == 0:
+            write_samples(run, out, {"checkpoint": args.checkpoint, "seed": args.seed, "raw_weights": args.raw_weights,
+                                     "snr": args.snr, "correction": args.correction, "backend": args.backend,
+                                     "device": str(device), "processes": world_size})
+            on = f" ({world_size} processes)" if world_size > 1 else ""
+            print(f"{run.label}: {len(run.samples)} samples, {run.nfe} score evaluations, {run.seconds:.1f} s{on}")
     return out
 
 
@@ -368,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps of batch 64 (default: %(default)s)")
     _add_sampler_options(p)
     _add_figure_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the training and the samplers (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the training and the samplers (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s)")
@@ -402,16 +424,22 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return e.code if isinstance(e.code, int) else 2
     args.extra = extra
+    # Under torchrun every process runs this; errors name their rank, and rank 0 reports.
+    where = f" (rank {distributed.rank()})" if distributed.launched() else ""
     try:
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(f"scoreops {args.command} runs in one process; start it without torchrun "
+                             f"(under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})")
         out = args.handler(args)
     except KeyboardInterrupt:
-        print("scoreops: interrupted", file=sys.stderr)
+        print(f"scoreops: interrupted{where}", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as e:
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
-        print(f"scoreops: error: {message}", file=sys.stderr)
+        print(f"scoreops: error{where}: {message}", file=sys.stderr)
         return 2
-    print(f"scoreops {args.command}: results in {out}")
+    if distributed.rank() == 0:
+        print(f"scoreops {args.command}: results in {out}")
     return 0

@@ -48,6 +48,7 @@ class SampleRun:
         samples: (N, C, H, W) float32, the sampler's output (not clamped).
         nfe: score-model evaluations.
         seconds: wall time of the sampler call.
+        correction: the Milstein sampler's correction; None for the others.
     """
 
     sampler: str
@@ -56,17 +57,20 @@ class SampleRun:
     samples: torch.Tensor
     nfe: int
     seconds: float
+    correction: str | None = None
 
     @property
     def label(self) -> str:
-        """``"em-500"`` or ``"ode-1e-05"``: names the run in tables and file names."""
-        return f"{self.sampler}-{self.steps}" if self.tol is None else f"{self.sampler}-{self.tol:g}"
+        """``"em-500"``, ``"milstein-ito-500"`` (the paper's ``"time"`` correction is not named) or
+        ``"ode-1e-05"``: names the run in tables and file names."""
+        name = self.sampler if self.correction in (None, "time") else f"{self.sampler}-{self.correction}"
+        return f"{name}-{self.steps}" if self.tol is None else f"{name}-{self.tol:g}"
 
 
 def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 64, steps: int = 500,
                  tol: float = 1e-5, snr: float = 0.16, correction: str = "time", seed: int = 0,
-                 x_T: torch.Tensor | None = None, device: torch.device | str = "cpu", backend: str = "auto",
-                 progress: bool = False) -> SampleRun:
+                 x_T: torch.Tensor | None = None, sample_offset: int = 0, device: torch.device | str = "cpu",
+                 backend: str = "auto", progress: bool = False) -> SampleRun:
     """Run one of the four scoreops samplers and time it.
 
     Args:
@@ -81,6 +85,7 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
         correction: the Milstein sampler's ``correction`` (``"time"``, the paper's, or ``"ito"``).
         seed: noise-stream seed; equal seeds give every sampler the same x(1).
         x_T: an explicit starting sample (N, C, H, W) instead of the prior sample of ``seed``.
+        sample_offset: global index of sample 0 in the noise stream (a shard under torchrun).
         device, backend: where and with which op backend to sample.
         progress: show a tqdm bar (per step, or per score evaluation for the ODE). On CUDA the
             SDE samplers run without one, as one CUDA graph.
@@ -88,7 +93,7 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     device = torch.device(device)
-    common = dict(device=device, shape=tuple(shape), seed=seed, backend=backend)
+    common = dict(device=device, shape=tuple(shape), seed=seed, sample_offset=sample_offset, backend=backend)
     start = time.perf_counter()
     if sampler == "ode":
         with tqdm(desc="ode", unit="nfe", disable=not progress) as bar:
@@ -109,7 +114,7 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return SampleRun(sampler, None if sampler == "ode" else steps, tol if sampler == "ode" else None, samples,
-                     nfe, seconds)
+                     nfe, seconds, correction if sampler == "milstein" else None)
 
 
 def _counting(model, bar: tqdm):

@@ -25,6 +25,14 @@ DEFAULT_IMAGE_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10":
 DEFAULT_DATA_DIR = "data"
 
 
+def data_location(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """The absolute folder :func:`load_images` reads data set ``name`` from (None for ``digits``,
+    which ships with scikit-learn); stored with a run, so later commands find it from any folder."""
+    if name == "digits" or (name == "folder" and data_dir is None):
+        return None
+    return str(Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).resolve())
+
+
 def load_images(name: str, data_dir: str | os.PathLike | None = None, image_size: int | None = None,
                 download: bool = False) -> torch.Tensor:
     """Load the training images of data set ``name``.

@@ -19,20 +19,20 @@ import csv
 import dataclasses
 import functools
 import math
-import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .data import DATASETS, load_images
+from .data import DATASETS, data_location, load_images
+from .distributed import barrier, mean_over_ranks, process_group
 from .ema import EMA
 from .models import ACTIVATIONS, PRESETS, ScoreNet, model_options
 from .sde import marginal_prob_std
@@ -213,18 +213,6 @@ class LossLog:
         return fig
 
 
-def _setup_process(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when started by torchrun."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not dist.is_torchelastic_launched():
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def _run_config(config: TrainConfig, images: torch.Tensor, world_size: int) -> dict:
     """The resolved configuration stored with every checkpoint (preset and data defaults filled in)."""
     preset = config.preset or DEFAULT_PRESET[config.dataset]
@@ -233,6 +221,7 @@ def _run_config(config: TrainConfig, images: torch.Tensor, world_size: int) -> d
                             activation=config.activation)
     local = ("download", "out", "resume", "device", "save_rank_weights")
     stored = {k: v for k, v in dataclasses.asdict(config).items() if k not in local}
+    stored["data_dir"] = data_location(config.dataset, config.data_dir)
     return {**stored, **options, "preset": preset, "image_size": images.shape[-1], "world_size": world_size}
 
 
@@ -291,16 +280,22 @@ def train(config: TrainConfig) -> Path:
             the newest checkpoint is the last good one.
     """
     config.validate()
-    rank, world_size, device = _setup_process(config.device)
-    try:
+    with process_group(config.device) as (rank, world_size, device):
         return _train(config, rank, world_size, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _training_images(config: TrainConfig, rank: int, world_size: int) -> torch.Tensor:
+    """The data set; under torchrun rank 0 alone may download it, while the others wait."""
+    load = functools.partial(load_images, config.dataset, config.data_dir, config.image_size)
+    if not (config.download and world_size > 1):
+        return load(download=config.download)
+    images = load(download=True) if rank == 0 else None
+    barrier(world_size)
+    return load(download=False) if images is None else images
 
 
 def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Path:
-    images = load_images(config.dataset, config.data_dir, config.image_size, config.download).to(device)
+    images = _training_images(config, rank, world_size).to(device)
     run_config = _run_config(config, images, world_size)
     std = functools.partial(marginal_prob_std, sigma=config.sigma)
     torch.manual_seed(config.seed)
@@ -330,7 +325,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
                 loss = dsm_loss(net, batches(step), std, config.loss_eps, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            value = _mean_over_ranks(loss.detach(), world_size)
+            value = mean_over_ranks(loss.detach(), world_size)
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss ({value}) at step {step}; stopped without saving, so "
                                          f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
@@ -352,25 +347,19 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
     return out / ckpt.CHECKPOINTS_DIR / f"step-{saved_at:08d}"
 
 
-def _mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
-    if world_size > 1:
-        dist.all_reduce(value)
-        value = value / world_size
-    return value.item()
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed :func:`add_arguments` options."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``) and train."""
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="scoreops train", description="Train a ScoreNet by denoising score matching."))
-    return train(config_from_args(parser.parse_args(argv)))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scoreops.train ...`` (e.g. under torchrun): ``scoreops train ...``, with its
+    one-line errors and exit codes. ``argv`` defaults to ``sys.argv[1:]``."""
+    from .cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

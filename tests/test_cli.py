@@ -204,3 +204,47 @@ def test_console_process_exits_2_without_traceback(tmp_path):
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     one_line_error(proc.returncode, proc.stderr, "scoreops: error:", "no checkpoint")
     assert not (tmp_path / "out").exists()
+
+
+def test_ito_milstein_samples_are_named_apart_with_their_settings(tiny_run, tmp_path, capsys):
+    for correction in ("time", "ito"):
+        code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", "milstein", "--steps", 3,
+                              "--correction", correction, "--num-samples", 2, "--device", "cpu", "--out", tmp_path)
+        assert code == 0
+    with safe_open(tmp_path / "samples-milstein-ito-3.safetensors", "pt") as f:
+        assert f.metadata()["correction"] == "ito" and f.metadata()["raw_weights"] == "False"
+    with safe_open(tmp_path / "samples-milstein-3.safetensors", "pt") as f:
+        assert f.metadata()["correction"] == "time"
+
+
+@pytest.mark.parametrize("command", ["sample", "figures", "compare"])
+def test_negative_seed_is_refused(tiny_run, tmp_path, capsys, command):
+    code, _, err = run(capsys, command, "--checkpoint", tiny_run, "--seed", -1, "--out", tmp_path)
+    one_line_error(code, err, "--seed", "a seed >= 0")
+
+
+def test_a_relative_data_dir_is_stored_absolute(tmp_path, capsys, monkeypatch):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(20):
+        Image.fromarray((torch.rand(12, 12, 3) * 255).byte().numpy()).save(images / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, "train", *TINY, "--dataset", "folder", "--data-dir", "imgs", "--steps", 1,
+                     "--out", "run")
+    assert code == 0
+    _, config = load_model(tmp_path / "run")
+    assert config["data_dir"] == str(images.resolve())
+
+
+def test_commands_that_do_not_split_their_work_refuse_torchrun(tiny_run, tmp_path, capsys, monkeypatch):
+    # What torchrun sets in each process it starts.
+    for name, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run(capsys, "figures", "--checkpoint", tiny_run, "--out", tmp_path)
+    one_line_error(code, err, "scoreops: error (rank 1):", "runs in one process")
+
+
+def test_bad_training_option_leaves_no_output_folder(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--steps", -5, "--out", tmp_path / "x")
+    one_line_error(code, err, "scoreops: error:", "steps must be positive")
+    assert not (tmp_path / "x").exists()

@@ -38,3 +38,28 @@ def test_two_processes_keep_identical_weights_and_the_loss_falls(tmp_path):
     with open(tmp_path / "loss.csv", newline="") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     assert len(losses) == steps and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_two_processes_sample_the_one_process_samples(tmp_path):
+    """Each rank draws its shard of the stream (sample_offset); rank 0 gathers and writes them all.
+    7 samples on 2 ranks: shards of 4 and 3."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
+    cli = [sys.executable, "-m", "scoreops"]
+    train = [*cli, "train", "--image-size", "8", "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16",
+             "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert subprocess.run(train, env=env, capture_output=True, timeout=120).returncode == 0
+    sample = ["sample", "--checkpoint", str(tmp_path / "run"), "--sampler", "em", "--steps", "5",
+              "--num-samples", "7", "--seed", "11", "--device", "cpu"]
+    one = subprocess.run([*cli, *sample, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "scoreops", *sample, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("results in") == 1  # rank 0 alone reports
+    got = load_file(tmp_path / "two" / "samples-em-5.safetensors")["samples"]
+    want = load_file(tmp_path / "one" / "samples-em-5.safetensors")["samples"]
+    assert got.shape == (7, 1, 8, 8)
+    assert torch.equal(got, want)
