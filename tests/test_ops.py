@@ -83,7 +83,8 @@ def test_sde_step_on_non_contiguous_views_and_in_place(backend, device, seed):
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (5, 4097), (5, 3, 32, 32)], ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda v: str(v).replace("torch.", ""))
 def test_sample_sq_norms_match_reference(backend, device, shape, dtype, seed):
     skip_unless_runnable(backend, device)
     s = (3 * torch.randn(shape, device=device)).to(dtype)
@@ -119,7 +120,8 @@ def test_langevin_correct_matches_the_tutorial_formula(backend, device, noise_no
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 4097), (3, 3, 32, 32)], ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda v: str(v).replace("torch.", ""))
 def test_rk_combine_and_error_norm_match_reference(backend, device, shape, dtype):
     skip_unless_runnable(backend, device)
     y = torch.randn(shape, device=device).to(dtype)
@@ -285,3 +287,27 @@ def test_a_meta_tensor_among_the_arguments_is_refused():
         torch.ops.scoreops.sde_step_(x, x.clone(), meta, meta, meta, seed, step, 0, 0, True)
     with pytest.raises(ValueError, match="one device"):
         torch.ops.scoreops.rk_combine(x, [x.to("meta")], [1.0], 0.1)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda v: str(v).replace("torch.", ""))
+def test_ops_on_views_one_element_off_the_vector_alignment(backend, device, dtype, seed):
+    """Contiguous views whose data starts one element into their storage: vectorised paths must
+    check pointer alignment, not only the row length (64 is a multiple of every vector width)."""
+    skip_unless_runnable(backend, device)
+
+    def shifted(*shape, dtype=dtype):
+        return torch.randn(1 + math.prod(shape), device=device).to(dtype)[1:].view(shape)
+
+    x, s, a = shifted(2, 64), shifted(2, 64), shifted(2, 64, dtype=torch.float32).abs()
+    got = ops.sde_step(x, s, a, 0.3, a, seed=seed, step=3, backend=backend)
+    want = _reference_sde_step(x, s, a, torch.tensor([0.3]), a, seed, 3, 0, 0, True)
+    torch.testing.assert_close(got.cpu(), want, **TOL[dtype])
+
+    norms = ops.sample_sq_norms(s, backend=backend)
+    torch.testing.assert_close(norms[:, 0].cpu().double(), s.cpu().double().square().sum(1), rtol=1e-5, atol=1e-5)
+
+    ks = [shifted(2, 64), shifted(2, 64)]
+    got = ops.rk_combine(x, ks, [0.5, -1.5], 0.1, backend=backend)
+    want = x.cpu().double() + 0.1 * (0.5 * ks[0].cpu().double() - 1.5 * ks[1].cpu().double())
+    torch.testing.assert_close(got.cpu(), want.to(dtype), **TOL[dtype])
