@@ -63,21 +63,24 @@ void check_counter(const char* op, const at::Tensor& t, const char* name, const 
   TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device(), " but the data is on ", device);
 }
 
-CoefMode check_coef(const char* op, const at::Tensor& c, const char* name, const at::Tensor& x, int64_t batch,
-                    int64_t dim) {
+CoefMode check_coef(const char* op, const at::Tensor& c, const char* name, const at::Tensor& x, int64_t batch) {
   TORCH_CHECK_VALUE(c.defined(), op, ": ", name, " is undefined");
   TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", c.scalar_type());
   TORCH_CHECK_VALUE(c.device() == x.device(), op, ": ", name, " is on ", c.device(), " but x is on ", x.device());
-  const int64_t n = c.numel();
-  if (n == 1) {
+  // The layout rule of scoreops.checks.coef_layout: decided by shape, not by element count.
+  if (c.numel() == 1) {
     return CoefMode::kScalar;
   }
-  if (n == batch) {
-    return CoefMode::kPerSample;
+  if (c.sizes() == x.sizes()) {
+    return CoefMode::kPerElement;
   }
-  TORCH_CHECK_VALUE(n == batch * dim, op, ": ", name, " must have 1, B=", batch, " or numel(x)=", batch * dim,
-                    " elements, got shape ", c.sizes());
-  return CoefMode::kPerElement;
+  bool per_sample = c.dim() >= 1 && c.dim() <= x.dim() && c.size(0) == batch;
+  for (int64_t d = 1; d < c.dim(); ++d) {
+    per_sample = per_sample && c.size(d) == 1;
+  }
+  TORCH_CHECK_VALUE(per_sample, op, ": ", name, " must be one value, one per sample (shape (B,) or (B, 1, ..., 1) "
+                    "with B = ", batch, ") or one per element (x's shape ", x.sizes(), "), got shape ", c.sizes());
+  return CoefMode::kPerSample;
 }
 
 void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs,
@@ -101,8 +104,8 @@ StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Ten
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
-  return {batch, dim, check_coef(op, a, "a", x, batch, dim), check_coef(op, b, "b", x, batch, dim),
-          check_coef(op, c, "c", x, batch, dim)};
+  return {batch, dim, check_coef(op, a, "a", x, batch), check_coef(op, b, "b", x, batch),
+          check_coef(op, c, "c", x, batch)};
 }
 
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step) {

@@ -9,18 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
+from scoreops.checks import COEF_LAYOUTS, coef_layout
+
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
                       check_float, check_index_range, check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
 from .philox import stream_normals
 
-# Coefficient layouts: one value, one per sample, one per element.
-COEF_SCALAR, COEF_PER_SAMPLE, COEF_PER_ELEMENT = 0, 1, 2
-
 
 @triton.jit
 def load_coef(ptr, sample, offs, row_mask, mask, MODE: tl.constexpr):
-    """A step coefficient as float32: ``ptr[0]``, ``ptr[sample]`` or ``ptr[offs]`` for MODE
-    COEF_SCALAR (0), COEF_PER_SAMPLE (1) or COEF_PER_ELEMENT (2); ``sample``/``row_mask`` are
+    """A step coefficient as float32: ``ptr[0]``, ``ptr[sample]`` or ``ptr[offs]`` for MODE 0, 1
+    or 2, the index of its layout in ``scoreops.checks.COEF_LAYOUTS``; ``sample``/``row_mask`` are
     ``[BLOCK, 1]``, ``offs``/``mask`` ``[BLOCK, 4]``.
     """
     if MODE == 0:
@@ -67,13 +66,7 @@ def _coef_mode(name: str, coef: torch.Tensor, x: torch.Tensor) -> int:
                         f"{coef.dtype if isinstance(coef, torch.Tensor) else type(coef).__name__}")
     if coef.device != x.device:
         raise ValueError(f"{name} is on {coef.device}, expected {x.device}")
-    if coef.numel() == 1:
-        return COEF_SCALAR
-    if coef.numel() == x.shape[0]:
-        return COEF_PER_SAMPLE
-    if coef.numel() == x.numel():
-        return COEF_PER_ELEMENT
-    raise ValueError(f"{name} must have 1, B={x.shape[0]} or numel(x)={x.numel()} elements, got {coef.numel()}")
+    return COEF_LAYOUTS.index(coef_layout(name, coef.shape, x.shape))
 
 
 def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise) -> None:
@@ -106,7 +99,8 @@ def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     Args:
         x: (B, ...) state, float32/float16/bfloat16; any strides.
         s: score (or drift), x's shape, dtype and device.
-        a, b, c: float32 coefficients of numel 1, B (per sample) or numel(x) (per element, x's layout).
+        a, b, c: float32 coefficients: one value, one per sample ((B,) or (B, 1, ..., 1)) or one
+            per element (x's shape); see :func:`scoreops.checks.coef_layout`.
         seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
         lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
         add_noise: False gives the mean ``x + a*s``.

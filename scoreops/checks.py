@@ -1,4 +1,5 @@
-"""Argument checks shared by the samplers and :func:`scoreops.sdeint`, with one message style.
+"""Argument checks shared by the samplers, :func:`scoreops.sdeint` and the ops' backends, with
+one message style.
 
 Integers and floats may be Python or NumPy scalars; ``bool`` is refused where a number is asked for.
 """
@@ -38,3 +39,24 @@ def check_choice(name: str, v, choices) -> str:
     if v not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {v!r}")
     return v
+
+
+COEF_LAYOUTS = ("scalar", "per_sample", "per_element")
+
+
+def coef_layout(name: str, coef_shape, x_shape) -> str:
+    """How a step coefficient of ``coef_shape`` spreads over x of ``x_shape`` (B, ...).
+
+    ``"scalar"``: one value; ``"per_sample"``: shape (B,) or (B, 1, ..., 1); ``"per_element"``:
+    x's shape. Anything else raises ValueError (a (1, H, W) coefficient of B = H * W values is
+    not one per sample). The csrc/ops.cpp check of the CPU and CUDA ops applies the same rule.
+    """
+    coef_shape, x_shape = tuple(coef_shape), tuple(x_shape)
+    if math.prod(coef_shape) == 1:
+        return "scalar"
+    if coef_shape == x_shape:
+        return "per_element"
+    if 1 <= len(coef_shape) <= len(x_shape) and coef_shape[0] == x_shape[0] and all(n == 1 for n in coef_shape[1:]):
+        return "per_sample"
+    raise ValueError(f"{name} must be one value, one per sample (shape (B,) or (B, 1, ..., 1) with B = "
+                     f"{x_shape[0]}) or one per element (x's shape {x_shape}), got shape {coef_shape}")

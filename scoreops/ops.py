@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from . import torch_ops
-from .checks import check_choice, check_int, check_positive
+from .checks import check_choice, check_int, check_positive, coef_layout
 
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -161,12 +161,7 @@ def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
             raise TypeError(f"{name} must be a real floating tensor or a float, got {v.dtype}")
         if v.device != x.device:
             raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
-        per_sample = (1 <= v.dim() <= x.dim() and v.shape[0] == x.shape[0]
-                      and all(n == 1 for n in v.shape[1:]))
-        if not (v.numel() == 1 or per_sample or v.shape == x.shape):
-            raise ValueError(f"{name} must be one value, one per sample (shape (B,) or (B, 1, ..., 1) with "
-                             f"B = {x.shape[0]}) or one per element (x's shape {tuple(x.shape)}), "
-                             f"got shape {tuple(v.shape)}")
+        coef_layout(name, v.shape, x.shape)
         return v.to(torch.float32).contiguous()
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")

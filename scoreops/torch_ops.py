@@ -10,21 +10,19 @@ from __future__ import annotations
 import torch
 
 from . import noise
+from .checks import coef_layout
 
 
 def _int(t: torch.Tensor) -> int:
     return int(t.reshape(-1)[0].item())
 
 
-def _per_sample_view(coef: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
-    """Broadcast a coefficient of numel 1, B or numel(x) against x viewed as (B, D)."""
-    b, d = x2d.shape
-    coef = coef.to(torch.float32)
-    if coef.numel() == 1:
-        return coef.reshape(1, 1)
-    if coef.numel() == b:
-        return coef.reshape(b, 1)
-    return coef.reshape(b, d)
+def _per_sample_view(name: str, coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A coefficient (see :func:`scoreops.checks.coef_layout`) as float32 broadcasting against x
+    viewed as (B, D)."""
+    b = x.shape[0]
+    shape = {"scalar": (1, 1), "per_sample": (b, 1), "per_element": (b, -1)}[coef_layout(name, coef.shape, x.shape)]
+    return coef.to(torch.float32).reshape(shape)
 
 
 def philox_bits(seed, step, lane: int, sample_offset: int, batch: int, numel: int) -> torch.Tensor:
@@ -50,10 +48,10 @@ def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     x2 = x.reshape(x.shape[0], -1).to(torch.float32)
     s2 = s.reshape(x2.shape).to(torch.float32)
-    out = x2 + _per_sample_view(a, x2) * s2
+    out = x2 + _per_sample_view("a", a, x) * s2
     if add_noise:
         z = stream_noise_like(x, seed, step, lane, sample_offset)
-        out = out + _per_sample_view(b, x2) * z + _per_sample_view(c, x2) * (z * z - 1.0)
+        out = out + _per_sample_view("b", b, x) * z + _per_sample_view("c", c, x) * (z * z - 1.0)
     return out.reshape(x.shape).to(x.dtype)
 
 

@@ -311,3 +311,19 @@ def test_ops_on_views_one_element_off_the_vector_alignment(backend, device, dtyp
     got = ops.rk_combine(x, ks, [0.5, -1.5], 0.1, backend=backend)
     want = x.cpu().double() + 0.1 * (0.5 * ks[0].cpu().double() - 1.5 * ks[1].cpu().double())
     torch.testing.assert_close(got.cpu(), want.to(dtype), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_registered_ops_decide_the_coefficient_layout_by_shape(backend, device):
+    """The raw ops apply the dispatch layer's rule: (1, 2, 2) holds B = 4 values for x of shape
+    (4, 2, 2), but laid out along x's last dimensions, so it is neither per sample nor per element."""
+    skip_unless_runnable(backend, device)
+    ops.resolve_backend(backend, device)
+    x = torch.randn(4, 2, 2, device=device)
+    seed, step = torch.tensor([1], device=device), torch.tensor([0], device=device)
+    one, column = torch.ones(1, device=device), torch.arange(4.0, device=device).reshape(4, 1, 1)
+    step_op = ops.op("sde_step", backend)
+    with pytest.raises(ValueError, match=r"a must be one value, one per sample .* got shape \(?\[?1, 2, 2"):
+        step_op(x, x, torch.ones(1, 2, 2, device=device), one, one, seed, step, 0, 0, False)
+    got = step_op(x, torch.ones_like(x), column, one, one, seed, step, 0, 0, False)
+    torch.testing.assert_close(got.cpu(), (x + column).cpu())

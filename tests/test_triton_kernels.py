@@ -89,7 +89,7 @@ def test_ops_check_their_own_arguments(device):
     seed_t, step_t = _counters(1, 0, device)
     with pytest.raises(TypeError, match="a must be a float32 tensor"):
         T.triton_sde_step(x, x, a.double(), a, a, seed_t, step_t, 0, 0, True)
-    with pytest.raises(ValueError, match="b must have 1, B=4 or numel"):
+    with pytest.raises(ValueError, match="b must be one value, one per sample"):
         T.triton_sde_step_(x, x, a, torch.rand(5, device=device), a, seed_t, step_t, 0, 0, True)
     with pytest.raises(ValueError, match="s has shape"):
         T.triton_sde_step(x, x[:, :2], a, a, a, seed_t, step_t, 0, 0, True)

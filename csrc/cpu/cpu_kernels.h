@@ -78,7 +78,7 @@ void store_floats(const float* values, int64_t n, scalar_t* out) {
   }
 }
 
-// A coefficient of sde_step (numel 1, B or B*D) as seen by one tile.
+// A coefficient of sde_step (1, B or B*D values, layout checked by shape in ops.cpp) as seen by one tile.
 struct Coef {
   const float* data;
   CoefMode mode;

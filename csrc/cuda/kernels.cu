@@ -86,7 +86,7 @@ __device__ __forceinline__ void store4(scalar_t* p, int n, const float in[4]) {
   }
 }
 
-// A coefficient of sde_step: numel 1, B or B*D float32 values.
+// A coefficient of sde_step: 1, B or B*D float32 values (layout checked by shape in ops.cpp).
 struct Coef {
   const float* data;
   CoefMode mode;
