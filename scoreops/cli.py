@@ -9,6 +9,7 @@ output folder that cannot be written, a bad option) end with one line on stderr,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import shutil
 import sys
@@ -171,8 +172,6 @@ def cmd_train(args: argparse.Namespace) -> Path:
 def cmd_sample(args: argparse.Namespace) -> Path:
     """Draw the samples; under torchrun each process draws its shard of the stream's samples
     (``sample_offset``) and rank 0 gathers and writes them all."""
-    import dataclasses
-
     from .compare import draw_samples
 
     with distributed.process_group(args.device) as (rank, world_size, device):

@@ -23,6 +23,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0")) if dist.is_torchelastic_launched() else 0
 
 
+def local_rank() -> int:
+    """This process's rank on its machine under torchrun (0 outside it)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if dist.is_torchelastic_launched() else 0
+
+
 @contextlib.contextmanager
 def process_group(device: str | torch.device | None) -> Iterator[tuple[int, int, torch.device]]:
     """Join torchrun's process group for the block (NCCL on CUDA, gloo on CPU) and leave it after.
@@ -35,7 +40,7 @@ def process_group(device: str | torch.device | None) -> Iterator[tuple[int, int,
         yield 0, 1, device
         return
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -47,11 +52,11 @@ def process_group(device: str | torch.device | None) -> Iterator[tuple[int, int,
 def shard(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     """``(sample_offset, count)`` of this rank's contiguous share of ``num_samples`` samples.
 
-    Each rank takes ``ceil(num_samples / world_size)``; the last ranks take fewer, or none.
+    The shares differ by at most one sample, so every rank has some when
+    ``num_samples >= world_size``.
     """
-    per_rank = -(-num_samples // world_size)
-    offset = min(rank * per_rank, num_samples)
-    return offset, min(per_rank, num_samples - offset)
+    base, extra = divmod(num_samples, world_size)
+    return rank * base + min(rank, extra), base + (rank < extra)
 
 
 def gather_shards(part: torch.Tensor, num_samples: int, world_size: int) -> torch.Tensor:
@@ -62,12 +67,12 @@ def gather_shards(part: torch.Tensor, num_samples: int, world_size: int) -> torc
     """
     if world_size == 1:
         return part
-    per_rank = -(-num_samples // world_size)
-    padded = part.new_zeros((per_rank, *part.shape[1:]))
+    padded = part.new_zeros((-(-num_samples // world_size), *part.shape[1:]))
     padded[:len(part)] = part
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat(parts)[:num_samples]
+    counts = [shard(num_samples, r, world_size)[1] for r in range(world_size)]
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
 
 
 def barrier(world_size: int) -> None:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import DATASETS, data_location, load_images
-from .distributed import barrier, mean_over_ranks, process_group
+from .distributed import barrier, local_rank, mean_over_ranks, process_group
 from .ema import EMA
 from .models import ACTIVATIONS, PRESETS, ScoreNet, model_options
 from .sde import marginal_prob_std
@@ -284,18 +284,19 @@ def train(config: TrainConfig) -> Path:
         return _train(config, rank, world_size, device)
 
 
-def _training_images(config: TrainConfig, rank: int, world_size: int) -> torch.Tensor:
-    """The data set; under torchrun rank 0 alone may download it, while the others wait."""
+def _training_images(config: TrainConfig, world_size: int) -> torch.Tensor:
+    """The data set; under torchrun one process per machine (local rank 0) may download it, while
+    the others wait."""
     load = functools.partial(load_images, config.dataset, config.data_dir, config.image_size)
     if not (config.download and world_size > 1):
         return load(download=config.download)
-    images = load(download=True) if rank == 0 else None
+    images = load(download=True) if local_rank() == 0 else None
     barrier(world_size)
     return load(download=False) if images is None else images
 
 
 def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> Path:
-    images = _training_images(config, rank, world_size).to(device)
+    images = _training_images(config, world_size).to(device)
     run_config = _run_config(config, images, world_size)
     std = functools.partial(marginal_prob_std, sigma=config.sigma)
     torch.manual_seed(config.seed)
