@@ -96,23 +96,25 @@ class _Schedule:
             warnings.simplefilter("ignore")  # the probe's warnings, e.g. float() of a tensor needing grad
             tg = t.clone().requires_grad_()
             try:
-                g = torch.as_tensor(self._g(tg))
+                raw = self._g(tg)
             except Exception:  # e.g. numpy inside diffusion_coeff, which cannot take a tensor needing grad
-                g = None
+                raw = None
+            g = None if raw is None else torch.as_tensor(raw)
             if g is not None and g.requires_grad and g.numel() == t.numel():
                 # g is elementwise in t, so the gradient of the sum is g'(t) at every t.
                 (dg,) = torch.autograd.grad(g.sum(), tg, allow_unused=True)
                 return torch.zeros_like(t) if dg is None else dg
         # diffusion_coeff cuts the graph (the tutorial's wraps its result in torch.tensor), does
-        # not take a tensor that needs grad, or is not elementwise on the grid.
-        # The step balances truncation and the roundoff of the precision diffusion_coeff computes in.
-        h = torch.finfo(torch.float64 if g is None else _precision(g)).eps ** (1 / 3)
+        # not take a tensor that needs grad, or is not elementwise on the grid. The step balances
+        # truncation and the roundoff of the precision diffusion_coeff computes in.
+        h = torch.finfo(_precision(self._g(t[:1]) if raw is None else raw)).eps ** (1 / 3)
         return (self.g(t + h) - self.g(t - h)) / (2 * h)
 
 
-def _precision(v: torch.Tensor) -> torch.dtype:
-    """The float type a function's value was computed in: float64 for Python and NumPy float64."""
-    return v.dtype if v.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+def _precision(v) -> torch.dtype:
+    """The float type a function's value was computed in: float64 for Python floats and NumPy float64."""
+    name = str(getattr(v, "dtype", "float64")).removeprefix("torch.")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float64)
 
 
 def _float64(v) -> torch.Tensor:
@@ -123,16 +125,17 @@ def _float64(v) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- argument checks
-def _default_device(device, x_T: torch.Tensor | None) -> torch.device:
+def _default_device(device, x_T: torch.Tensor | None, name: str) -> torch.device:
+    """The sampling device; ``x_T`` (the starting sample, called ``name``) is checked here first."""
     if x_T is not None:
-        ops.check_float("the starting sample", x_T)
+        ops.check_float(name, x_T)
     if device is None:
         device = x_T.device if x_T is not None else "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "meta":
         raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
     if x_T is not None and x_T.device.type != device.type:
-        raise ValueError(f"the starting sample is on {x_T.device} but device={device}")
+        raise ValueError(f"{name} is on {x_T.device} but device={device}")
     return device
 
 
@@ -153,7 +156,6 @@ def _starting_sample(name: str, x_T, schedule: _Schedule, batch_size, shape, see
                      backend) -> torch.Tensor:
     """``x_T`` checked, or the prior sample x(1) drawn from the stream."""
     if x_T is not None:
-        ops.check_float(name, x_T)
         if x_T.dim() < 1 or x_T.shape[0] == 0:
             raise ValueError(f"{name} must have a non-empty leading batch dimension, got shape {tuple(x_T.shape)}")
         if not torch.isfinite(x_T).all():
@@ -401,7 +403,7 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
     eps = _check_eps(eps)
     sample_offset = check_int("sample_offset", sample_offset, 0)
     schedule = _Schedule(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device, x_T)
+    device = _default_device(device, x_T, "x_T")
     backend = ops.resolve_backend(backend, device)
     use_graph = _use_graph(cuda_graph, device, backend, progress)
     seed = _seed_tensor(seed, device)
@@ -674,7 +676,7 @@ def ode_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
     atol, rtol = check_positive("atol", atol), check_positive("rtol", rtol)
     sample_offset = check_int("sample_offset", sample_offset, 0)
     schedule = _Schedule(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device, z)
+    device = _default_device(device, z, "z")
     backend = ops.resolve_backend(backend, device)
     x = _starting_sample("z", z, schedule, batch_size, shape, _seed_tensor(seed, device), sample_offset, device,
                          backend)
