@@ -13,7 +13,6 @@ All images are float tensors (N, C, H, W) in the data range [0, 1]; clamp sample
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from .checkpoint import atomic_write
 
 #: Bump when the classifier's architecture or training changes, so stale cache files are retrained.
 CLASSIFIER_VERSION = "1"
+CLASSIFIER_EPOCHS, CLASSIFIER_BATCH_SIZE = 20, 64
 
 
 class FeatureClassifier(nn.Module):
@@ -95,7 +95,8 @@ def classifier_path(cache_dir: str | os.PathLike, dataset: str, images: torch.Te
     return Path(cache_dir) / f"classifier-{dataset}-{c}x{h}x{w}.safetensors"
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 20, batch_size: int = 64,
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = CLASSIFIER_EPOCHS,
+                     batch_size: int = CLASSIFIER_BATCH_SIZE,
                      heldout_fraction: float = 0.2, seed: int = 0, device: torch.device | str = "cpu",
                      progress: bool = True) -> Classifier:
     """Train a :class:`FeatureClassifier` with Adam on a random split of ``images``.
@@ -143,7 +144,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
 
 def load_or_train_classifier(dataset: str, images: torch.Tensor, labels: torch.Tensor, *,
                              cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                             heldout_fraction: float = 0.2, seed: int = 0, **train_options) -> Classifier:
+                             heldout_fraction: float = 0.2, seed: int = 0, epochs: int = CLASSIFIER_EPOCHS,
+                             batch_size: int = CLASSIFIER_BATCH_SIZE, progress: bool = True) -> Classifier:
     """The cached classifier of ``dataset`` at this image shape, trained and cached first if missing.
 
     The cache file (see :func:`classifier_path`) is keyed by data set name and image shape; it is
@@ -152,23 +154,21 @@ def load_or_train_classifier(dataset: str, images: torch.Tensor, labels: torch.T
 
     Args:
         dataset: data set name (the cache key).
-        images, labels, heldout_fraction, seed, train_options: as for :func:`train_classifier`.
+        images, labels, heldout_fraction, seed, epochs, batch_size, progress: as for
+            :func:`train_classifier`.
         cache_dir: folder of the cache files; default :func:`default_cache_dir`.
         device: where the returned net lives.
     """
     _check_images("images", images)
     path = classifier_path(default_cache_dir() if cache_dir is None else cache_dir, dataset, images)
-    defaults = {k: p.default for k, p in inspect.signature(train_classifier).parameters.items()
-                if k in ("epochs", "batch_size")}
-    training = {**defaults, **train_options}
     expected = {"version": CLASSIFIER_VERSION, "num_classes": str(int(labels.max()) + 1),
                 "num_images": str(len(images)), "heldout_fraction": repr(float(heldout_fraction)),
-                "seed": str(seed), "epochs": str(training["epochs"]), "batch_size": str(training["batch_size"])}
+                "seed": str(seed), "epochs": str(epochs), "batch_size": str(batch_size)}
     cached = _load_cached(path, expected, images.shape[1], device)
     if cached is not None:
         return cached
     classifier = train_classifier(images, labels, device=device, heldout_fraction=heldout_fraction, seed=seed,
-                                  **train_options)
+                                  epochs=epochs, batch_size=batch_size, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in classifier.net.state_dict().items()}
     metadata = {**expected, "dataset": dataset, "heldout_accuracy": repr(classifier.heldout_accuracy)}
