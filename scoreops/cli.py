@@ -419,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "bench":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.exit(2, f"scoreops {args.command}: error: unrecognized arguments: {' '.join(extra)} "
+                           f"(see scoreops {args.command} --help)\n")
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return e.code if isinstance(e.code, int) else 2
     args.extra = extra

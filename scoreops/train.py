@@ -82,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"sigma must be a finite number > 1, got {self.sigma}")
         if not self.loss_eps < 1:
             raise ValueError(f"loss_eps must be in (0, 1), got {self.loss_eps}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.seed < 0:

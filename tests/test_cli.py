@@ -248,3 +248,11 @@ def test_bad_training_option_leaves_no_output_folder(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--steps", -5, "--out", tmp_path / "x")
     one_line_error(code, err, "scoreops: error:", "steps must be positive")
     assert not (tmp_path / "x").exists()
+
+
+def test_unknown_option_points_to_its_commands_help(tiny_run, tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run, "--sampels", 3, "--out", tmp_path)
+    one_line_error(code, err, "scoreops sample: error: unrecognized arguments: --sampels 3",
+                   "see scoreops sample --help")
+    code, _, err = run(capsys, "train", "--ema-decay", 2, "--out", tmp_path / "x")
+    one_line_error(code, err, "ema_decay must be in [0, 1)")
