@@ -212,8 +212,9 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
         and the runs, with their samples.
     """
     unknown = [s for s in sampler_names if s not in SAMPLERS]
-    if unknown or not sampler_names:
-        raise ValueError(f"samplers must be a non-empty selection of {SAMPLERS}, got {list(sampler_names)}")
+    if unknown or not sampler_names or len(set(sampler_names)) != len(sampler_names):
+        raise ValueError(f"samplers must be a non-empty selection of {SAMPLERS} without repeats, "
+                         f"got {list(sampler_names)}")
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 to measure diversity, got {num_samples}")
     runs = []
@@ -222,6 +223,9 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
             runs += [dict(sampler=name, tol=tol) for tol in ode_tols]
         else:
             runs += [dict(sampler=name, steps=n) for n in steps]
+    if not runs:
+        raise ValueError(f"nothing to run: samplers {list(sampler_names)} with steps {list(steps)} and ODE "
+                         f"tolerances {list(ode_tols)}")
     shape = reference.images.shape[1:]
     options = dict(num_samples=num_samples, seed=seed, device=device, backend=backend)
     if torch.device(device).type == "cuda":

@@ -246,14 +246,24 @@ def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov
     for name, value, shape in (("mean2", mean2, (dim,)), ("cov1", cov1, (dim, dim)), ("cov2", cov2, (dim, dim))):
         if value.shape != shape:
             raise ValueError(f"{name} must have shape {shape} to match mean1, got {value.shape}")
-    root1 = _psd_sqrt(cov1)
+    for name, value in (("mean1", mean1), ("mean2", mean2), ("cov1", cov1), ("cov2", cov2)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    root1 = _psd_sqrt("cov1", cov1)
+    _psd_sqrt("cov2", cov2)
     cross = np.sqrt(np.clip(scipy.linalg.eigvalsh(root1 @ cov2 @ root1), 0.0, None)).sum()
-    return float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * cross)
+    # A distance is >= 0; with fewer samples than features round-off can leave it at -1e-5.
+    return max(0.0, float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * cross))
 
 
-def _psd_sqrt(cov: np.ndarray) -> np.ndarray:
+def _psd_sqrt(name: str, cov: np.ndarray) -> np.ndarray:
     """Symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues set to 0)."""
+    scale = max(np.abs(cov).max(), np.finfo(np.float64).tiny)
+    if not np.allclose(cov, cov.T, rtol=0.0, atol=1e-9 * scale):
+        raise ValueError(f"{name} must be a symmetric covariance matrix")
     values, vectors = scipy.linalg.eigh(cov)
+    if values.min() < -1e-9 * scale * len(values):
+        raise ValueError(f"{name} must be positive semi-definite, has eigenvalue {values.min():.3g}")
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
@@ -289,6 +299,9 @@ def prediction_statistics(probs: torch.Tensor) -> dict:
     """
     if probs.dim() != 2 or len(probs) == 0:
         raise ValueError(f"probs must have shape (N >= 1, K), got {tuple(probs.shape)}")
+    if not (torch.isfinite(probs).all() and probs.min() >= 0 and torch.allclose(probs.sum(1), probs.new_ones(()),
+                                                                                  atol=1e-3)):
+        raise ValueError("probs must be probabilities: finite, non-negative, each row summing to 1")
     confidence, predicted = probs.max(1)
     counts = torch.bincount(predicted.cpu(), minlength=probs.shape[1]).double()
     share = counts[counts > 0] / counts.sum()
@@ -298,6 +311,10 @@ def prediction_statistics(probs: torch.Tensor) -> dict:
 
 
 def _check_images(name: str, images) -> None:
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4:
+    """(N >= 1, C, H, W) float images with values in [0, 1] (the classifier's training range)."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4 or not len(images):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a float tensor of shape (N, C, H, W), got {got}")
+        raise ValueError(f"{name} must be a float tensor of shape (N >= 1, C, H, W), got {got}")
+    low, high = images.aminmax()
+    if not (0 <= low and high <= 1):  # also false for NaN
+        raise ValueError(f"{name} must have values in [0, 1] (clamp samples first), got [{low:.4g}, {high:.4g}]")
