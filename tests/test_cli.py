@@ -89,7 +89,9 @@ def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys):
             assert math.isfinite(row[key]), (row["sampler"], key)
         assert 1 <= row["classes_covered"] <= 10 and len(row["channel_means"]) == 1 and row["warm_cool"] is None
         if row["sampler"] != "data":
-            assert row["nfe"] == {"pc": 2 * (row["steps"] or 0), "ode": row["nfe"]}.get(row["sampler"], row["steps"])
+            # The ODE's nfe is the solver's count, checked against counted calls in test_compare.
+            assert row["nfe"] > 0 if row["sampler"] == "ode" else \
+                row["nfe"] == row["steps"] * (2 if row["sampler"] == "pc" else 1)
             assert row["seconds"] > 0 and row["heldout_accuracy"] is None
     assert 0 < report["rows"][0]["heldout_accuracy"] <= 1
     assert (tmp_path / "cache" / "classifier-digits-1x8x8.safetensors").is_file()

@@ -127,3 +127,26 @@ def test_read_loss_without_a_valid_log_names_the_file(tmp_path):
     (tmp_path / "loss.csv").write_text("step,loss\n1,nope\n")
     with pytest.raises(ValueError, match="loss.csv"):
         figures.read_loss(tmp_path)
+
+
+def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
+    """Figure 2: 64 Milstein samples at each step count; figure 3: the ODE; figure 4: all four
+    samplers from one seed."""
+    calls = []
+
+    def spy(sampler, *args, **kwargs):
+        calls.append((sampler, kwargs.get("num_samples"), kwargs.get("steps"), kwargs.get("seed")))
+        return draw_samples(sampler, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "draw_samples", spy)
+
+    def score(x, t):
+        return -x / (0.5 + SDE.marginal_prob_std(t) ** 2).reshape(-1, 1, 1, 1)
+
+    paths = figures.make_figures(score, SDE, torch.rand(5, 1, 4, 4), tmp_path, steps=3, milstein_steps=(3, 4),
+                                 tol=1e-2, seed=7, progress=False)
+    assert [p.name for p in paths] == ["fig1_forward_diffusion.png", "fig2_milstein_samples.png",
+                                       "fig3_interpolation.png", "fig4_samplers.png"]
+    assert calls[:2] == [("milstein", 64, 3, 7), ("milstein", 64, 4, 7)]
+    assert calls[2][0] == "ode"  # from the slerp path (x_T), not from a seed
+    assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")]

@@ -58,7 +58,7 @@ def test_frechet_distance_of_samples_approaches_that_of_their_gaussians(rng):
 def test_frechet_distance_of_a_set_with_itself_is_zero(rng, n, dim):
     features = torch.from_numpy(rng.standard_normal((n, dim)) * rng.uniform(0.5, 2.0, dim))
     scale = features.var(0).sum().item()
-    assert abs(metrics.feature_frechet_distance(features, features)) < 1e-6 * scale
+    assert 0.0 <= metrics.feature_frechet_distance(features, features) < 1e-6 * scale
 
 
 def test_frechet_distance_rejects_mismatched_shapes():
@@ -66,6 +66,30 @@ def test_frechet_distance_rejects_mismatched_shapes():
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(2))
     with pytest.raises(ValueError, match="features"):
         metrics.feature_frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_frechet_distance_refuses_what_is_not_a_covariance():
+    zero, eye = np.zeros(2), np.eye(2)
+    with pytest.raises(ValueError, match="cov1 must be positive semi-definite"):
+        metrics.frechet_distance(zero, -eye, zero, eye)
+    with pytest.raises(ValueError, match="cov2 must be a symmetric"):
+        metrics.frechet_distance(zero, eye, zero, eye + np.array([[0.0, 1.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="mean1 contains NaN"):
+        metrics.frechet_distance(np.array([np.nan, 0.0]), eye, zero, eye)
+
+
+def test_images_outside_the_unit_range_nan_or_none_are_refused():
+    for bad in (torch.rand(2, 3, 4, 4) * 255, torch.full((2, 3, 4, 4), float("nan"))):
+        with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+            metrics.colour_statistics(bad)
+    with pytest.raises(ValueError, match="N >= 1"):
+        metrics.colour_statistics(torch.rand(0, 3, 4, 4))
+
+
+def test_prediction_statistics_refuses_what_are_not_probabilities():
+    for bad in (torch.randn(5, 10), torch.full((5, 10), float("nan"))):
+        with pytest.raises(ValueError, match="probs must be probabilities"):
+            metrics.prediction_statistics(bad)
 
 
 def test_mean_pairwise_distance_matches_brute_force(rng):
@@ -107,7 +131,26 @@ def digits8():
     return load_images("digits", image_size=8), torch.from_numpy(load_digits().target).long()
 
 
-def test_classifier_learns_digits_and_is_cached(digits8, tmp_path):
+def test_classifier_never_trains_on_its_held_out_images(digits8, monkeypatch):
+    images, labels = digits8
+    images = images.clone()
+    images[:, 0, 0, 0] = torch.arange(len(images)) / len(images)  # a pixel that names each image
+    seen = []
+    forward = metrics.FeatureClassifier.forward
+
+    def spy(net, x):
+        if net.training:
+            seen.append(x[:, 0, 0, 0].clone())
+        return forward(net, x)
+
+    monkeypatch.setattr(metrics.FeatureClassifier, "forward", spy)
+    classifier = metrics.train_classifier(images, labels, epochs=1, progress=False)
+    trained_on = set(torch.cat(seen).tolist())
+    assert len(trained_on) == len(images) - len(classifier.heldout)
+    assert not trained_on & set(images[classifier.heldout, 0, 0, 0].tolist())
+
+
+def test_classifier_learns_digits_and_is_cached(digits8, tmp_path, monkeypatch):
     images, labels = digits8
     first = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8, progress=False)
     assert first.heldout_accuracy > 0.85  # chance is 0.1
@@ -120,7 +163,10 @@ def test_classifier_learns_digits_and_is_cached(digits8, tmp_path):
     assert len(heldout) == round(0.2 * len(images)) and not set(heldout.tolist()) & set(train.tolist())
     assert torch.equal(first.heldout, heldout)
 
-    again = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8, progress=False)
+    with monkeypatch.context() as m:  # a cache hit trains nothing
+        m.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("trained instead of reading the cache"))
+        again = metrics.load_or_train_classifier("digits", images, labels, cache_dir=tmp_path, epochs=8,
+                                                 progress=False)
     assert again.heldout_accuracy == first.heldout_accuracy and torch.equal(again.heldout, heldout)
     probe = torch.rand(9, 1, 8, 8)
     torch.testing.assert_close(metrics.extract_features(again.net, probe), metrics.extract_features(first.net, probe))
