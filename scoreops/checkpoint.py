@@ -15,6 +15,9 @@ Loading checks the hashes, so a truncated or corrupted file is refused with
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -22,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from .sde import marginal_prob_std
 
 MODEL_FILE, EMA_FILE, OPTIM_FILE = "model.safetensors", "ema.safetensors", "optim.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"
+LOCK_FILE = ".lock"  # in the run folder, held by the training run writing to it
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_KEYS = ("in_channels", "channels", "embed_dim", "kernel_size", "padding", "activation")
 _STEP_DIR = re.compile(r"step-(\d+)$")
@@ -71,12 +76,20 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask (reading it means setting it, so set it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's mode
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -85,11 +98,16 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 def checkpoint_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """The complete checkpoints of a run folder as (step, folder), oldest first."""
+    """The complete checkpoints of a run folder as (step, folder), oldest first.
+
+    A step folder without its state file (written last, before the folder is renamed into
+    place) is not one: it was not made by :func:`save_checkpoint`.
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
     return sorted(found)
 
 
@@ -97,6 +115,28 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint folder of a run folder, or None when it has none."""
     steps = checkpoint_steps(run_dir)
     return steps[-1][1] if steps else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's lock for the block, so that a second training run on the same folder
+    fails at once instead of interleaving its checkpoints with this one's.
+
+    Raises:
+        CheckpointError: another process holds the lock.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"another training run is writing to {run} (it holds {run / LOCK_FILE}); "
+                                  "wait for it to finish or choose another --out") from None
+        except OSError as e:  # a file system without locks: run unguarded
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+        yield
 
 
 def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: torch.nn.Module, ema, optimizer,
@@ -125,6 +165,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: torch.nn.Mo
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it a new folder's mode
         save_file(model.state_dict(), tmp / MODEL_FILE)
         save_file(ema.module.state_dict(), tmp / EMA_FILE)
         torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
@@ -142,7 +183,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: torch.nn.Mo
         raise
     for _, old in checkpoint_steps(run_dir)[:-keep]:
         shutil.rmtree(old)
-    for stale in root.glob(".tmp-*"):  # left by a run killed while saving
+    for stale in root.glob(".tmp-*"):  # left by a run killed while saving (the run lock keeps others out)
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
@@ -190,8 +231,11 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
         if not file.is_file():
             raise CheckpointError(f"checkpoint {folder} lacks {name}")
         if _sha256(file) != hashes.get(name):
+            older = [p for n, p in checkpoint_steps(folder.parent.parent) if n < step]
+            remedy = (f"delete {folder} to use the one before it, {older[-1].name}" if older
+                      else "retrain, or restore it from a copy")
             raise CheckpointError(f"checkpoint file {file} is corrupted or truncated (SHA-256 does not match "
-                                  f"{STATE_FILE}); resume from an older checkpoint or retrain")
+                                  f"{STATE_FILE}); {remedy}")
     device = torch.device(device)
     optimizer = (torch.load(folder / OPTIM_FILE, map_location=device, weights_only=True)
                  if with_optimizer else None)

@@ -33,10 +33,13 @@ class EMA(AveragedModel):
         super().__init__(model, avg_fn=self._average, use_buffers=True)
 
     def _average(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        # At least float32 for the weight: in bfloat16, 0.999 would round to 1.
-        n = num_averaged.to(torch.promote_types(averaged.dtype, torch.float32))
+        if not averaged.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+            return current.clone()
+        # In at least float32: in bfloat16 the weight 1 - d, and the step it makes, would round away.
+        dtype = torch.promote_types(averaged.dtype, torch.float32)
+        n = num_averaged.to(dtype)
         decay = ((1 + n) / (10 + n)).clamp(max=self.decay)
-        return torch.lerp(averaged, current, (1 - decay).to(averaged.dtype))
+        return torch.lerp(averaged.to(dtype), current.to(dtype), 1 - decay).to(averaged.dtype)
 
     @contextlib.contextmanager
     def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -15,6 +15,7 @@ Outputs in ``--out``: ``checkpoints/step-*/`` (see :mod:`scoreops.checkpoint`), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -282,7 +283,8 @@ def train(config: TrainConfig) -> Path:
             the newest checkpoint is the last good one.
     """
     config.validate()
-    with process_group(config.device) as (rank, world_size, device):
+    with process_group(config.device) as (rank, world_size, device), \
+            (ckpt.run_lock(config.out) if rank == 0 else contextlib.nullcontext()):
         return _train(config, rank, world_size, device)
 
 
@@ -332,8 +334,12 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss ({value}) at step {step}; stopped without saving, so "
                                          f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            # A finite loss can still have Inf/NaN gradients, which the step would spread into the
+            # weights and the EMA (and a save into the 'last good' checkpoint).
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError(f"non-finite gradient norm at step {step}; stopped without stepping, so "
+                                         f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
             optimizer.step()
             ema.update_parameters(model)
             log.append(step, value)

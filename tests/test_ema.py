@@ -71,3 +71,12 @@ def test_bad_decay_is_refused():
     for decay in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="decay"):
             EMA(_model(), decay=decay)
+
+
+def test_integer_buffers_follow_the_model():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = EMA(model, 0.999)
+    for _ in range(3):
+        model(torch.randn(8, 3))
+        ema.update_parameters(model)
+    assert int(ema.module[1].num_batches_tracked) == 3 == int(model[1].num_batches_tracked)

@@ -3,6 +3,8 @@ checkpoints (atomic, verified, refused when corrupt or mismatched) and bad input
 import argparse
 import csv
 import functools
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -96,16 +98,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.undo()
     resumed = _run(tmp_path / "cut", *args, "--resume")
 
+    # Bit for bit: the same data order, noise and optimiser state from the checkpoint on.
     a, b = ckpt.read_checkpoint(full), ckpt.read_checkpoint(resumed)
     assert a.step == b.step == 10 and a.ema_updates == b.ema_updates == 10
     for key in a.model:
-        torch.testing.assert_close(b.model[key], a.model[key])
-        torch.testing.assert_close(b.ema[key], a.ema[key])
+        assert torch.equal(b.model[key], a.model[key]) and torch.equal(b.ema[key], a.ema[key]), key
     for key, state in a.optimizer["state"].items():
-        torch.testing.assert_close(b.optimizer["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
-    assert [s for s, _ in _losses(tmp_path / "cut")] == list(range(1, 11))
-    np.testing.assert_allclose([v for _, v in _losses(tmp_path / "cut")],
-                               [v for _, v in _losses(tmp_path / "full")], rtol=1e-5)
+        for name, value in state.items():
+            assert torch.equal(b.optimizer["state"][key][name], value), (key, name)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
 
 
 def test_checkpoint_layout_and_load_model(tmp_path):
@@ -227,3 +228,57 @@ def test_bad_options_are_refused(tmp_path):
             train_argv(bad)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
         ckpt.load_model(tmp_path / "empty")
+
+
+def test_a_step_folder_without_its_state_file_is_not_a_checkpoint(tmp_path):
+    _run(tmp_path, "--steps", "2", "--save-every", "2")
+    (tmp_path / "checkpoints" / "step-00000009").mkdir()  # not made by a save
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
+    assert ckpt.load_model(tmp_path)[1]["channels"] == [8, 16]
+    assert ckpt.read_checkpoint(_run(tmp_path, "--steps", "4", "--save-every", "2", "--resume")).step == 4
+
+
+def test_a_corrupt_newest_checkpoint_names_the_one_before_it(tmp_path):
+    final = _run(tmp_path, "--steps", "4", "--save-every", "2")
+    data = bytearray((final / "model.safetensors").read_bytes())
+    data[-5] ^= 0x40
+    (final / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="delete .*step-00000004 to use the one before it, step-00000002"):
+        ckpt.load_model(tmp_path)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    with ckpt.run_lock(tmp_path):
+        with pytest.raises(ckpt.CheckpointError, match="another training run is writing"):
+            _run(tmp_path, "--steps", "2")
+    _run(tmp_path, "--steps", "2")  # free again once the first run is done
+
+
+def test_checkpoints_and_logs_get_the_modes_of_new_files(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        final = _run(tmp_path, "--steps", "2", "--save-every", "2")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "loss.csv").stat().st_mode) == 0o640
+
+
+def test_non_finite_gradient_stops_before_the_step(tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN (sqrt'(0) * 0) must not reach the weights or a checkpoint."""
+    calls = 0
+
+    def nan_gradient_at_step_3(net, *a, **k):
+        nonlocal calls
+        calls += 1
+        loss = dsm_loss(net, *a, **k)
+        if calls == 3:
+            total = sum(p.sum() for p in net.parameters())
+            loss = loss + (total - total.detach()).abs().sqrt()  # adds 0, gradient NaN
+        return loss
+
+    monkeypatch.setattr(train_mod, "dsm_loss", nan_gradient_at_step_3)
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 3.*step-00000002"):
+        _run(tmp_path, "--steps", "4", "--save-every", "1")
+    good = ckpt.read_checkpoint(tmp_path)
+    assert good.step == 2 and all(torch.isfinite(v).all() for v in [*good.model.values(), *good.ema.values()])
