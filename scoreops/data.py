@@ -7,8 +7,10 @@ Data sets (:data:`DATASETS`):
                        the training splits, read by torchvision from ``data_dir`` in its own
                        layout (``MNIST/raw``, ``FashionMNIST/raw``, ``cifar-10-batches-py``);
                        fetched only when ``download=True``.
-    ``folder``         every image under ``data_dir`` (recursively), as RGB, resized on the
-                       shorter side and centre-cropped to ``image_size`` (default 32).
+    ``folder``         every image under ``data_dir`` (recursively; hidden files and folders
+                       skipped), as RGB, turned upright by its EXIF orientation, resized on the
+                       shorter side and centre-cropped to ``image_size`` (default 32); 16-bit
+                       greyscale keeps its full range.
 
 The whole set is held in memory: the largest bundled one, CIFAR-10, takes 0.6 GB as float32.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,20 +104,35 @@ def _torchvision(name: str, root: Path, download: bool) -> torch.Tensor:
 
 
 def _folder(root: Path, size: int) -> torch.Tensor:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+    from torchvision.datasets.folder import IMG_EXTENSIONS
     from torchvision.transforms.v2 import functional as TF
 
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root.resolve()} does not exist (--data-dir)")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    # Hidden files and folders (macOS ._* sidecars, .git, ...) are not part of the data set.
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root.resolve()}")
     images = []
     for path in paths:
         try:
-            image = TF.pil_to_tensor(pil_loader(str(path)))
+            image = _read_rgb(path)
         except OSError as e:
             raise ValueError(f"cannot read image {path}: {e}") from e
         image = TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
-        images.append(TF.to_dtype(image, torch.float32, scale=True))
+        images.append(TF.to_dtype(image, torch.float32, scale=True).clamp(0.0, 1.0))
     return torch.stack(images)
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    """An image file as (3, H, W): uint8, or float32 in [0, 1] for 16-bit greyscale (which
+    Pillow's RGB conversion would saturate); upright as its EXIF orientation says."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode.startswith("I;16") or image.mode == "I":
+            grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0).clamp_(0.0, 1.0)
+            return grey.expand(3, *grey.shape).contiguous()
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()

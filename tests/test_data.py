@@ -118,3 +118,22 @@ def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="broken.png"):
         load_images("folder", tmp_path)
+
+
+def test_folder_skips_hidden_files_and_reads_16_bit_and_exif_orientation(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 32), (32, 1)).astype(np.uint16)  # mean 0.5 of full scale
+    Image.fromarray(ramp).save(tmp_path / "a_16bit.png")
+    halves = np.zeros((32, 32, 3), dtype=np.uint8)
+    halves[:, 16:] = 255  # left black, right white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown rotated 90 degrees clockwise
+    Image.fromarray(halves).save(tmp_path / "b_rotated.jpg", exif=exif, quality=100)
+    (tmp_path / ".hidden").mkdir()
+    Image.fromarray(halves).save(tmp_path / ".hidden" / "c.png")
+    (tmp_path / "._d.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata, not a PNG")
+    got = load_images("folder", tmp_path, image_size=32)
+    assert got.shape == (2, 3, 32, 32)
+    assert got[0].mean().item() == pytest.approx(0.5, abs=1e-3) and torch.equal(got[0][0], got[0][2])
+    upright = got[1].mean(0)
+    # Rotated clockwise, the white right half is the bottom half.
+    assert upright[:12].max() < 0.1 and upright[-12:].min() > 0.9
