@@ -197,9 +197,13 @@ def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bf16_autocast_trains(tmp_path):
-    _run(tmp_path, "--steps", "3", "--save-every", "3", "--bf16")
-    assert all(np.isfinite(v) for _, v in _losses(tmp_path))
-    assert ckpt.read_checkpoint(tmp_path).config["bf16"] is True
+    _run(tmp_path / "bf16", "--steps", "3", "--save-every", "3", "--bf16")
+    _run(tmp_path / "fp32", "--steps", "3", "--save-every", "3")
+    bf16, fp32 = ([v for _, v in _losses(tmp_path / run)] for run in ("bf16", "fp32"))
+    # The same run in bfloat16: every loss a little different (the flag acts), none far off.
+    assert all(np.isfinite(bf16)) and all(a != b for a, b in zip(bf16, fp32, strict=True))
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05)
+    assert ckpt.read_checkpoint(tmp_path / "bf16").config["bf16"] is True
 
 
 def test_every_option_has_help_and_default():
