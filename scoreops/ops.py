@@ -112,7 +112,8 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     if backend not in found:
         why = {
             "cpu": f"scoreops._C is not built ({_load_cpp()})" if _load_cpp() else "it runs on CPU tensors only",
-            "cuda": "scoreops._C was built without CUDA kernels" if device.type == "cuda" else "it runs on CUDA tensors only",
+            "cuda": ("scoreops._C was built without CUDA kernels" if device.type == "cuda" else
+                     "it runs on CUDA tensors only"),
             "triton": (f"triton is not importable ({_load_triton()})" if _load_triton() else
                        "on CPU tensors it needs TRITON_INTERPRET=1 set before scoreops is imported"),
         }[backend]
@@ -172,7 +173,8 @@ def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
     """``seed``/``step`` as a 1-element int64 tensor on ``device``."""
     if isinstance(v, torch.Tensor):
         if v.dtype != torch.int64 or v.numel() != 1:
-            raise TypeError(f"{name} must be an int or a 1-element int64 tensor, got {v.dtype} of shape {tuple(v.shape)}")
+            raise TypeError(f"{name} must be an int or a 1-element int64 tensor, "
+                            f"got {v.dtype} of shape {tuple(v.shape)}")
         if v.device != device:
             raise ValueError(f"{name} is on {v.device} but the data is on {device}")
         return v.reshape(1)

@@ -43,7 +43,8 @@ def _reference_sde_step(x, s, a, b, c, seed, step, lane, offset, add_noise):
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("coef_mode", ["scalar", "per_sample", "per_element"])
 def test_sde_step_matches_reference(backend, device, shape, dtype, coef_mode, seed):
     skip_unless_runnable(backend, device)
@@ -82,7 +83,8 @@ def test_sde_step_on_non_contiguous_views_and_in_place(backend, device, seed):
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
-@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (5, 4097), (5, 3, 32, 32)], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (5, 4097), (5, 3, 32, 32)],
+                         ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=lambda v: str(v).replace("torch.", ""))
 def test_sample_sq_norms_match_reference(backend, device, shape, dtype, seed):
