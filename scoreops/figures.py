@@ -74,6 +74,9 @@ def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=FORWARD_TIME
         times: the times shown, in [0, 1].
         seed: seeds z.
     """
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        raise ValueError(f"image must be one (C, H, W) tensor, got "
+                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
     z = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
     fig = Figure(figsize=(1.4 * len(times), 1.9), layout="constrained")
     for ax, t in zip(fig.subplots(1, len(times)), times):
@@ -95,6 +98,11 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, weights: torch.Tensor) -> torch.Te
     Returns:
         (B, K, ...): row b, column k is the point at ``weights[k]`` from ``z0[b]`` to ``z1[b]``.
     """
+    if z0.shape != z1.shape or z0.dim() < 2:
+        raise ValueError(f"z0 and z1 must be batches (B, ...) of one shape, got {tuple(z0.shape)} and "
+                         f"{tuple(z1.shape)}")
+    if weights.dim() != 1:
+        raise ValueError(f"weights must have shape (K,), got {tuple(weights.shape)}")
     a, b = z0.flatten(1).double(), z1.flatten(1).double()
     cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1.0, 1.0)
     angle = torch.acos(cos)[:, None]                                  # (B, 1, 1)
@@ -134,6 +142,8 @@ def runs_figure(runs, title: str, nrow: int = 8) -> Figure:
         title: the figure's title.
         nrow: images per row of each panel.
     """
+    if not runs:
+        raise ValueError("runs_figure needs at least one run")
     fig = Figure(figsize=(3.2 * len(runs), 3.6), layout="constrained")
     for ax, run in zip(np.atleast_1d(fig.subplots(1, len(runs))), runs):
         grid = make_grid(run.samples.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
@@ -180,6 +190,8 @@ def loss_figure(curves: dict) -> Figure:
     Args:
         curves: panel title -> (steps, losses), as :func:`read_loss` returns them.
     """
+    if not curves:
+        raise ValueError("loss_figure needs at least one run's loss curve")
     fig = Figure(figsize=(4.5 * len(curves), 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
     for ax, (title, (steps, losses)) in zip(axes, curves.items()):

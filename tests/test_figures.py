@@ -150,3 +150,16 @@ def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
     assert calls[:2] == [("milstein", 64, 3, 7), ("milstein", 64, 4, 7)]
     assert calls[2][0] == "ode"  # from the slerp path (x_T), not from a seed
     assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")]
+
+
+def test_bad_figure_input_gets_clear_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        figures.slerp(torch.randn(2, 3), torch.randn(3, 3), torch.linspace(0, 1, 4))
+    with pytest.raises(ValueError, match=r"weights must have shape \(K,\)"):
+        figures.slerp(torch.randn(2, 3), torch.randn(2, 3), torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"one \(C, H, W\) tensor"):
+        figures.forward_diffusion_figure(torch.rand(2, 1, 8, 8), SDE)
+    with pytest.raises(ValueError, match="at least one run"):
+        figures.runs_figure([], "none")
+    with pytest.raises(ValueError, match="at least one run"):
+        figures.loss_figure({})
