@@ -27,6 +27,8 @@ def _default_device(device):
 def _functions(marginal_prob_std, diffusion_coeff):
     if isinstance(marginal_prob_std, VESDE):
         return marginal_prob_std.marginal_prob_std, marginal_prob_std.diffusion_coeff
+    if diffusion_coeff is None:
+        raise ValueError("pass diffusion_coeff with a marginal_prob_std function (or a VESDE alone)")
     return marginal_prob_std, diffusion_coeff
 
 
@@ -43,13 +45,16 @@ def _start(x_T, marginal_prob_std, batch_size, shape, device) -> torch.Tensor:
     return x * _per_sample(torch.as_tensor(marginal_prob_std(t), device=device), x)
 
 
-def _setup(marginal_prob_std, diffusion_coeff, batch_size, shape, device, x_T, num_steps, eps):
+def _setup(marginal_prob_std, diffusion_coeff, batch_size, shape, device, x_T, num_steps, eps, float64_grid=False):
     """What the tutorial's SDE samplers start with: ``(diffusion_coeff, device, x, time_steps,
-    step_size)``, the grid ``linspace(1, eps, num_steps)`` and x drawn from the prior unless given."""
+    step_size)``, x drawn from the prior unless given, and the grid ``linspace(1, eps, num_steps)``:
+    ``torch.linspace`` (float32) as its ``Euler_Maruyama_sampler`` makes it, or ``np.linspace``
+    (float64) as its ``pc_sampler`` does."""
     marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
     device = _default_device(device)
     x = _start(x_T, marginal_prob_std, batch_size, shape, device)
-    time_steps = torch.linspace(1.0, eps, num_steps, device=device)
+    time_steps = (np.linspace(1.0, eps, num_steps) if float64_grid
+                  else torch.linspace(1.0, eps, num_steps, device=device))
     return diffusion_coeff, device, x, time_steps, time_steps[0] - time_steps[1]
 
 
@@ -119,7 +124,7 @@ def pc_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
     norms of the drawn noise. Returns the last predictor step's mean.
     """
     diffusion_coeff, device, x, time_steps, step_size = _setup(marginal_prob_std, diffusion_coeff, batch_size,
-                                                               shape, device, x_T, num_steps, eps)
+                                                               shape, device, x_T, num_steps, eps, float64_grid=True)
     with torch.no_grad():
         for k, time_step in enumerate(time_steps):
             batch_time_step = torch.ones(x.shape[0], device=device) * time_step
@@ -150,10 +155,10 @@ def ode_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch_size
     marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
     device = _default_device(device)
     init_x = _start(z, marginal_prob_std, batch_size, shape, device)
-    x_shape, dtype = init_x.shape, init_x.dtype
+    x_shape = init_x.shape
 
     def score_eval_wrapper(sample, time_steps):
-        sample = torch.tensor(sample, device=device, dtype=dtype).reshape(x_shape)
+        sample = torch.tensor(sample, device=device, dtype=torch.float32).reshape(x_shape)
         time_steps = torch.tensor(time_steps, device=device, dtype=torch.float32).reshape((x_shape[0],))
         with torch.no_grad():
             score = score_model(sample, time_steps)

@@ -27,6 +27,7 @@ import warnings
 import weakref
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -236,13 +237,17 @@ def _aligned_rows(v: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def _time_grid(num_steps: int, eps: float) -> tuple[torch.Tensor, float]:
-    """The tutorial's grid ``linspace(1, eps, num_steps)`` (float32) and its step ``dt > 0``."""
-    ts = torch.linspace(1.0, eps, num_steps)
-    dt = float(ts[0] - ts[1])
+def _time_grid(num_steps: int, eps: float, float64_grid: bool) -> tuple[torch.Tensor, float]:
+    """The tutorial's grid ``linspace(1, eps, num_steps)``: the model's float32 times and the step ``dt > 0``.
+
+    Its ``Euler_Maruyama_sampler`` makes the grid with ``torch.linspace`` in float32, its
+    ``pc_sampler`` with ``np.linspace`` in float64 (``float64_grid``); both feed the model float32 times.
+    """
+    grid = torch.from_numpy(np.linspace(1.0, eps, num_steps)) if float64_grid else torch.linspace(1.0, eps, num_steps)
+    dt = float(grid[0] - grid[1])
     if dt <= 0:
-        raise ValueError(f"eps = {eps!r} is too close to 1: the float32 grid of {num_steps} steps has dt = 0")
-    return ts, dt
+        raise ValueError(f"eps = {eps!r} is too close to 1: the grid of {num_steps} steps has dt = 0")
+    return grid.to(torch.float32), dt
 
 
 def _predictor_coefs(schedule: _Schedule, ts: torch.Tensor, dt: float, predictor: str, correction: str):
@@ -260,8 +265,8 @@ def _predictor_coefs(schedule: _Schedule, ts: torch.Tensor, dt: float, predictor
     return a, b, torch.zeros_like(t)
 
 
-def _make_plan(schedule, num_steps, eps, batch, device, seed, predictor, correction) -> _Plan:
-    ts, dt = _time_grid(num_steps, eps)
+def _make_plan(schedule, num_steps, eps, batch, device, seed, predictor, correction, float64_grid) -> _Plan:
+    ts, dt = _time_grid(num_steps, eps, float64_grid)
     a, b, c = (_aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1))
                for v in _predictor_coefs(schedule, ts, dt, predictor, correction))
     return _Plan(t=_aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
@@ -397,7 +402,7 @@ def _use_graph(cuda_graph, device: torch.device, backend: str, progress: bool) -
 
 def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, shape,
             seed, x_T, sample_offset, backend, cuda_graph, progress, predictor="euler_maruyama", correction="time",
-            corrector_steps=0, snr=0.16, noise_norm="fixed", per_sample=False) -> torch.Tensor:
+            corrector_steps=0, snr=0.16, noise_norm="fixed", per_sample=False, float64_grid=False) -> torch.Tensor:
     """The SDE samplers' common body: check arguments, draw x(1), plan, loop, check the result."""
     num_steps = check_int("num_steps", num_steps, 2)
     eps = _check_eps(eps)
@@ -408,7 +413,7 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
     use_graph = _use_graph(cuda_graph, device, backend, progress)
     seed = _seed_tensor(seed, device)
     x_T = _starting_sample("x_T", x_T, schedule, batch_size, shape, seed, sample_offset, device, backend)
-    plan = _make_plan(schedule, num_steps, eps, x_T.shape[0], device, seed, predictor, correction)
+    plan = _make_plan(schedule, num_steps, eps, x_T.shape[0], device, seed, predictor, correction, float64_grid)
     loop = _Loop(backend, num_steps, sample_offset, corrector_steps, snr, noise_norm, per_sample)
     with torch.no_grad():
         x = _run_graphed(name, loop, score_model, x_T, plan, strict=cuda_graph is True) if use_graph else None
@@ -504,7 +509,8 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
               backend="auto", cuda_graph="auto", progress=False) -> torch.Tensor:
     """Predictor-corrector sampler: per step, Langevin corrector steps, then a predictor step.
 
-    Drop-in for the tutorial's ``pc_sampler`` (corrector first, one corrector step, snr 0.16).
+    Drop-in for the tutorial's ``pc_sampler`` (corrector first, one corrector step, snr 0.16,
+    and its time grid: ``np.linspace`` in float64, where EM's is ``torch.linspace`` in float32).
     The corrector is ``x <- x + e s + sqrt(2 e) z`` with ``e = 2 (snr * noise_norm / grad_norm)**2``,
     ``grad_norm`` the batch mean of the per-sample score norms.
 
@@ -527,7 +533,7 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
                    corrector_steps=corrector_steps, snr=check_positive("snr", snr), noise_norm=noise_norm,
-                   per_sample=bool(per_sample))
+                   per_sample=bool(per_sample), float64_grid=True)
 
 
 # --------------------------------------------------------------------------- probability-flow ODE

@@ -262,7 +262,7 @@ def test_plan_rows_start_on_16_byte_boundaries(batch, seed):
     would meet a kernel variant not yet compiled. The copy a graph keeps must stay aligned too."""
     num_steps = 7
     plan = samplers._make_plan(samplers._Schedule(SDE, None), num_steps, 1e-3, batch, torch.device("cpu"),
-                               torch.tensor([seed]), "milstein", "time")
+                               torch.tensor([seed]), "milstein", "time", False)
     ts = torch.linspace(1.0, 1e-3, num_steps)
     want = dict(t=ts[:, None].expand(num_steps, batch), a=SDE.diffusion_coeff(ts.double())[:, None] ** 2 *
                 float(ts[0] - ts[1]), steps=torch.arange(num_steps)[:, None])
@@ -439,3 +439,19 @@ def test_non_finite_ode_input_is_named(score, z, error, match):
 def test_bad_milstein_correction():
     with pytest.raises(ValueError, match="correction"):
         samplers.milstein_sample(gaussian_score(), SDE, None, 2, 3, correction="x", shape=SHAPE, seed=0)
+
+
+def test_pc_uses_the_tutorials_float64_grid_and_em_its_float32_grid(seed):
+    """The tutorial's pc_sampler makes its grid with np.linspace (float64), its EM sampler with
+    torch.linspace (float32); the model sees float32 times either way."""
+    std = samplers._Schedule(SDE, None)
+    em = samplers._make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
+                             False)
+    pc = samplers._make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
+                             True)
+    grid32, grid64 = torch.linspace(1.0, 1e-3, 500), np.linspace(1.0, 1e-3, 500)
+    assert torch.equal(em.t[:, 0], grid32) and torch.equal(pc.t[:, 0], torch.from_numpy(grid64).float())
+    # g at the times the model sees; dt from the grid's own dtype.
+    for plan, dt in ((em, float(grid32[0] - grid32[1])), (pc, grid64[0] - grid64[1])):
+        g = SDE.diffusion_coeff(plan.t[:, 0].double())
+        torch.testing.assert_close(plan.a[:, 0], (g**2 * dt).float(), rtol=0, atol=0)
