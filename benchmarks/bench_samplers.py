@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,7 +136,16 @@ def measure_sampler(sampler: str, model_name: str, model: ScoreNet, sde: VESDE, 
                     tol: float, backend: str, repeats: int, timing: dict) -> list[dict]:
     """Time every variant of one sampler on one model; one row per variant."""
     runs = sampler_runs(sampler, model, sde, x_T, steps, tol, backend)
-    results = {name: run() for name, run in runs.items()}  # warm-up; graphs are captured here
+    results, failed = {}, {}
+    for name, run in runs.items():  # warm-up; graphs are captured here
+        try:
+            results[name] = run()
+        except Exception as e:  # noqa: BLE001  (a failed capture or kernel must not cost the other variants)
+            if name == "eager":
+                raise
+            warnings.warn(f"{model_name} {sampler} {name} failed: {common.error_text(e)}", RuntimeWarning)
+            failed[name] = common.error_text(e)
+    runs = {name: run for name, run in runs.items() if name not in failed}
     seconds = common.median_run_times(runs, x_T.device, repeats=repeats)
     parts = part_times(sampler, model, x_T, list(runs), backend, timing)
     batch, rows = x_T.shape[0], []
@@ -160,6 +170,7 @@ def measure_sampler(sampler: str, model_name: str, model: ScoreNet, sde: VESDE, 
             "overhead_share": overhead_s / seconds[name],
             "overhead_per_step_ms": 1e3 * overhead_s / loop_steps,
         })
+    rows += [{"model": model_name, "sampler": sampler, "variant": name, "error": why} for name, why in failed.items()]
     return rows
 
 
@@ -169,7 +180,7 @@ COLUMNS = [
     common.Column("seconds", "s / run", "{:.3g}"), common.Column("samples_per_s", "samples/s", "{:.3g}"),
     common.Column("speedup_vs_eager", "x eager", "{:.2f}"), common.Column("model_share", "model", "{:.0%}"),
     common.Column("update_share", "update", "{:.0%}"), common.Column("overhead_share", "overhead", "{:.0%}"),
-    common.Column("overhead_per_step_ms", "overhead / step ms", "{:.3g}"),
+    common.Column("overhead_per_step_ms", "overhead / step ms", "{:.3g}"), common.Column("error", "error"),
 ]
 
 NOTES = """
@@ -179,7 +190,8 @@ float64, a numpy round trip per evaluation). `scoreops`: the fused samplers, pla
 rtol. `steps`: loop steps (accepted steps for the ODE); `nfe`: score-model calls. `model` and
 `update`: one call timed alone (as a graph replay for the graph variant) times the number of
 calls, as shares of the run; `overhead`: the rest (for the ODE it includes the Runge-Kutta
-arithmetic). Freshly initialised networks; medians of interleaved runs.
+arithmetic). Freshly initialised networks; medians of interleaved runs. `error`: why a variant
+or a sampler has no times.
 """
 
 
@@ -235,8 +247,12 @@ def main(argv: list[str] | None = None) -> tuple:
     for model_name in model_names:
         model = build_model(model_name, sde, device)
         for sampler in sampler_names:
-            sampler_rows = measure_sampler(sampler, model_name, model, sde, x_T, steps[model_name], tol, backend,
-                                           repeats, timing)
+            try:
+                sampler_rows = measure_sampler(sampler, model_name, model, sde, x_T, steps[model_name], tol, backend,
+                                               repeats, timing)
+            except Exception as e:  # noqa: BLE001  (one failing sampler must not cost the rest of the run)
+                warnings.warn(f"{model_name} {sampler} failed: {common.error_text(e)}", RuntimeWarning)
+                sampler_rows = [{"model": model_name, "sampler": sampler, "error": common.error_text(e)}]
             print(common.markdown_table(sampler_rows, COLUMNS, header=False), flush=True)
             rows += sampler_rows
             common.write_results(args.out, "samplers", title, info, settings, rows, COLUMNS, NOTES, finished=False)

@@ -1,11 +1,12 @@
 """The step update alone: fused scoreops ops against the eager tutorial step and torch.compile of it.
 
-For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor) and
-each size, one run times side by side:
+For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor, and
+EM's noise-free last step ``em_mean``) and each size, one run times side by side:
 
 * ``eager``: the tutorial's torch expression, noise from ``torch.randn_like``;
 * ``compile``: ``torch.compile`` of that same function (one static-shape compile per size), with
-  inductor's own random numbers and, as ``compile_aten_rng``, with aten's (``fallback_random``);
+  inductor's own random numbers and, on the CPU, where they are slow, also as
+  ``compile_aten_rng`` with aten's (``fallback_random``);
 * every scoreops kernel backend built for the device (the public op, noise made inside the kernel);
 * ``dst.copy_(src)`` of the same size, the device's copy bandwidth.
 
@@ -62,6 +63,11 @@ def eager_milstein(x: torch.Tensor, s: torch.Tensor, g: torch.Tensor, dg: torch.
     g, dg = _per_sample(g, x), _per_sample(dg, x)
     z = torch.randn_like(x)
     return x + (g**2) * s * dt + g * torch.sqrt(dt) * z + 0.5 * g * dg * (z * z - 1) * dt
+
+
+def eager_em_mean(x: torch.Tensor, s: torch.Tensor, g: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """The tutorial's last step, the mean ``x + g**2 s dt`` with no noise; g (B,), dt 0-d."""
+    return x + (_per_sample(g, x) ** 2) * s * dt
 
 
 def eager_langevin(x: torch.Tensor, s: torch.Tensor, snr: float) -> torch.Tensor:
@@ -126,9 +132,10 @@ class StepCase:
     bytes_per_element: int
 
 
-def _fused_sde_step(a: str, b: str, c: str) -> Callable[[StepInputs, str], torch.Tensor]:
+def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True) -> Callable[[StepInputs, str], torch.Tensor]:
     def fused(p: StepInputs, backend: str) -> torch.Tensor:
-        return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.step, backend=backend)
+        return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.step,
+                            add_noise=add_noise, backend=backend)
     return fused
 
 
@@ -143,6 +150,9 @@ CASES: dict[str, StepCase] = {
     "langevin": StepCase(eager_langevin, lambda p: (p.x, p.s, SNR), _fused_langevin, 16),
     "reverse_diffusion": StepCase(eager_reverse_diffusion, lambda p: (p.x, p.s, p.G),
                                   _fused_sde_step("rd_a", "rd_b", "zero"), 12),
+    # The same bytes without the noise: beside "em" it shows what the in-kernel noise costs.
+    "em_mean": StepCase(eager_em_mean, lambda p: (p.x, p.s, p.g, p.dt),
+                        _fused_sde_step("em_a", "em_b", "zero", add_noise=False), 12),
 }
 
 
@@ -162,6 +172,8 @@ def fused_backends(device: torch.device) -> list[str]:
 # aten's generator (a kernel of its own) and fuses the arithmetic around it. On a CPU the second
 # is several times faster, so both are timed and a ratio is taken against the faster.
 COMPILE_MODES = {"compile": {}, "compile_aten_rng": {"fallback_random": True}}
+# On a GPU inductor's own generator is the fast one, so only it is timed there.
+DEVICE_COMPILE_MODES = {"cpu": ("compile", "compile_aten_rng"), "cuda": ("compile",)}
 
 
 def compiled_step(case: StepCase, args: tuple, options: dict) -> tuple[Callable[[], torch.Tensor] | None, str | None]:
@@ -172,7 +184,7 @@ def compiled_step(case: StepCase, args: tuple, options: dict) -> tuple[Callable[
     try:
         compiled(*args)
     except Exception as e:  # noqa: BLE001  (inductor raises many kinds; the reason is recorded)
-        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        why = common.error_text(e)
         warnings.warn(f"torch.compile of the eager step failed, its column stays empty: {why}", RuntimeWarning)
         return None, why
     return (lambda: compiled(*args)), None
@@ -192,8 +204,8 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
     compile_errors = {}
     if compile_step:
         torch._dynamo.reset()  # fresh static-shape compiles per size, within dynamo's recompile limit
-        for mode, options in COMPILE_MODES.items():
-            compiled, why = compiled_step(case, args, options)
+        for mode in DEVICE_COMPILE_MODES[device.type]:
+            compiled, why = compiled_step(case, args, COMPILE_MODES[mode])
             if compiled is None:
                 compile_errors[mode] = why
             else:
@@ -235,15 +247,16 @@ COLUMNS = [
     common.Column("compile_aten_rng_ms", "compile (aten rng) ms", "{:.3g}"),
     common.Column("fused_gbps", "fused GB/s", "{:.3g}"), common.Column("copy_gbps", "copy GB/s", "{:.3g}"),
     common.Column("fraction_of_copy", "of copy", "{:.0%}"), common.Column("speedup_vs_eager", "x eager", "{:.2f}"),
-    common.Column("speedup_vs_compile", "x compile", "{:.2f}"),
+    common.Column("speedup_vs_compile", "x compile", "{:.2f}"), common.Column("error", "error"),
 ]
 
 NOTES = """
 `fused`: the scoreops op on that backend (public call, input checks included; noise made in the
 kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `compile`:
 `torch.compile(eager step, dynamic=False)`, inductor's own random numbers fused into its kernel;
-`compile (aten rng)`: the same with `fallback_random=True`, aten's `randn_like` beside fused
-arithmetic. Each compiled per size and warmed up; medians of interleaved rounds.
+`compile (aten rng)` (CPU only): the same with `fallback_random=True`, aten's `randn_like` beside
+fused arithmetic. Each compiled per size and warmed up; medians of interleaved rounds. `em_mean`:
+EM's last step, the mean without noise, the same bytes as `em`. `error`: why a case has no times.
 GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
 whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
 per element), the floor of a memory-bound step, and `of copy` is fused GB/s over copy GB/s; where
@@ -297,7 +310,11 @@ def main(argv: list[str] | None = None) -> tuple:
     rows = []
     for shape in shapes:
         for name in names:
-            case_rows = measure_case(name, shape, device, backends, compile_step=args.compile, **timing)
+            try:
+                case_rows = measure_case(name, shape, device, backends, compile_step=args.compile, **timing)
+            except Exception as e:  # noqa: BLE001  (one failing case, a kernel or memory, must not cost the rest)
+                warnings.warn(f"{name} at {common.format_shape(shape)} failed: {common.error_text(e)}", RuntimeWarning)
+                case_rows = [{"op": name, "shape": common.format_shape(shape), "error": common.error_text(e)}]
             print(common.markdown_table(case_rows, COLUMNS, header=False), flush=True)
             rows += case_rows
             common.write_results(args.out, "steps", title, info, settings, rows, COLUMNS, NOTES, finished=False)

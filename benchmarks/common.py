@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 import scoreops
+from scoreops.checkpoint import atomic_write
 
 # torch.utils.benchmark imports cpp_extension, which warns on every CPU-only machine that it
 # found no CUDA runtime; the benchmarks compile nothing with it.
@@ -340,12 +341,19 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{slug(info['device_name'])}"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps({"benchmark": name, "finished": finished, "machine": info, "settings": settings,
-                                     "rows": rows}, indent=1) + "\n")
+    # Replaced whole, never half-written: a time limit may stop the run at any moment.
+    result = {"benchmark": name, "finished": finished, "machine": info, "settings": settings, "rows": rows}
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     parts = [f"# {title}", describe_machine(info), markdown_table(rows, columns)]
     if not finished:
         parts.insert(2, "**Partial results: the run stopped before its last case.**")
     if notes:
         parts.append(notes.strip())
-    md_path.write_text("\n\n".join(parts) + "\n")
+    atomic_write(md_path, lambda tmp: tmp.write_text("\n\n".join(parts) + "\n"))
     return json_path, md_path
+
+
+def error_text(e: BaseException) -> str:
+    """One line naming an exception, for the ``error`` column of a case that failed."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}"

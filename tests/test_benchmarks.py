@@ -3,6 +3,7 @@
 They check what the files say and that the derived numbers follow from the measured ones; they
 time nothing.
 """
+import dataclasses
 import json
 import math
 import os
@@ -76,7 +77,7 @@ def test_markdown_table_formats_and_marks_missing_values():
 
 
 def test_bench_steps_writes_consistent_results(tmp_path):
-    ops = ["em", "langevin"]
+    ops = ["em", "langevin", "em_mean"]
     paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--no-compile", "--sizes", "3x5x7,2^6",
                               "--ops", ",".join(ops), "--out", str(tmp_path)])
     result, md = _load(paths)
@@ -206,3 +207,47 @@ def test_gpu_check_stops_cleanly_without_a_gpu(tmp_path):
     assert [p.name for p in out.iterdir()] == ["gpu_check.log"]
     assert "no CUDA GPU" in (out / "gpu_check.log").read_text()
     assert not list(tmp.iterdir())  # nothing was built
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("kernel failed\nsecond line")
+
+
+def test_a_failing_step_case_is_recorded_and_the_rest_measured(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_steps.CASES, "em", dataclasses.replace(bench_steps.CASES["em"], fused=_raise))
+    with pytest.warns(RuntimeWarning, match="em at 3x5 failed: RuntimeError: kernel failed"):
+        paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--no-compile", "--sizes", "3x5",
+                                  "--ops", "em,milstein", "--out", str(tmp_path)])
+    result, md = _load(paths)
+    assert result["finished"] is True
+    assert result["rows"][0] == {"op": "em", "shape": "3x5", "error": "RuntimeError: kernel failed"}
+    assert [r["op"] for r in result["rows"][1:]] == ["milstein"] * len(bench_steps.fused_backends(torch.device("cpu")))
+    assert all(r["fused_ms"] > 0 and r.get("error") is None for r in result["rows"][1:])
+    assert "RuntimeError: kernel failed" in md
+
+
+def test_a_failing_sampler_variant_is_recorded_beside_the_others(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_samplers.SDE_SAMPLERS, "em",
+                        dataclasses.replace(bench_samplers.SDE_SAMPLERS["em"], fused=_raise))
+    with pytest.warns(RuntimeWarning, match="tiny em scoreops failed"):
+        paths = bench_samplers.main(["--quick", "--threads", "1", "--device", "cpu", "--models", "tiny",
+                                     "--samplers", "em,pc", "--batch", "2", "--steps", "3", "--out", str(tmp_path)])
+    rows = _load(paths)[0]["rows"]
+    assert [(r["sampler"], r["variant"], r.get("error")) for r in rows] == [
+        ("em", "eager", None), ("em", "scoreops", "RuntimeError: kernel failed"),
+        ("pc", "eager", None), ("pc", "scoreops", None)]
+    assert rows[0]["seconds"] > 0 and rows[0]["speedup_vs_eager"] == 1.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_benchmarks_run_on_the_gpu(tmp_path):
+    """The CUDA paths of both benchmarks, in seconds: sizes, the graph variant, the GPU machine line."""
+    steps = _load(bench_steps.main(["--quick", "--device", "cuda", "--no-compile", "--sizes", "2x64,2^20",
+                                    "--ops", "em,em_mean", "--out", str(tmp_path)]))[0]
+    assert steps["machine"]["device"] == "cuda" and all(r.get("error") is None for r in steps["rows"])
+    assert {r["backend"] for r in steps["rows"]} >= {"cuda", "triton"}
+    rows = _load(bench_samplers.main(["--quick", "--device", "cuda", "--models", "tiny", "--samplers", "em,pc",
+                                      "--out", str(tmp_path)]))[0]["rows"]
+    assert all(r.get("error") is None and r["seconds"] > 0 for r in rows)
+    assert {r["variant"] for r in rows} == {"eager", "scoreops", "scoreops+graph"}
