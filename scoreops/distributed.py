@@ -81,13 +81,13 @@ def barrier(world_size: int) -> None:
         dist.barrier()
 
 
-def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
-    """The mean of a one-element ``value`` over all ranks (e.g. the loss of one step)."""
+def mean_over_ranks(values: torch.Tensor, world_size: int) -> list[float]:
+    """The means of the 1-D ``values`` over all ranks, read to the host at once (one sync)."""
     if world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / world_size
-    return value.item()
+        values = values.clone()
+        dist.all_reduce(values)
+        values = values / world_size
+    return values.tolist()
 
 
 def max_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -24,6 +24,10 @@ class EMA(AveragedModel):
 
     The averaged model is ``self.module``; call ``ema(x, t)`` to evaluate it directly, or use
     :meth:`swapped_into` to run the averaged weights inside the trained model itself.
+    Integer buffers (e.g. BatchNorm's batch counter) follow the model. Floating ones are averaged
+    in at least float32 but stored in the model's dtype: with bfloat16 weights a step smaller
+    than half a bfloat16 ulp (``(1 - d) * |change|`` at ``d = 0.999``) is lost, so keep the
+    weights in float32 (bfloat16 autocast does).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999):

@@ -330,16 +330,15 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
                 loss = dsm_loss(net, batches(step), std, config.loss_eps, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            value = mean_over_ranks(loss.detach(), world_size)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite loss ({value}) at step {step}; stopped without saving, so "
-                                         f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
             # A finite loss can still have Inf/NaN gradients, which the step would spread into the
-            # weights and the EMA (and a save into the 'last good' checkpoint).
+            # weights and the EMA (and a save into the 'last good' checkpoint). Loss and gradient
+            # norm (equal on every rank after DDP's all-reduce) come to the host in one read.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-            if not torch.isfinite(grad_norm):
-                raise FloatingPointError(f"non-finite gradient norm at step {step}; stopped without stepping, so "
-                                         f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
+            value, norm = mean_over_ranks(torch.stack([loss.detach().float(), grad_norm.float()]), world_size)
+            for what, v in (("loss", value), ("gradient norm", norm)):
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"non-finite {what} ({v}) at step {step}; stopped before the step, so "
+                                             f"the last good checkpoint is {ckpt.latest_checkpoint(out) or 'none'}")
             optimizer.step()
             ema.update_parameters(model)
             log.append(step, value)
