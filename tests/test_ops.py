@@ -331,3 +331,17 @@ def test_registered_ops_decide_the_coefficient_layout_by_shape(backend, device):
         step_op(x, x, torch.ones(1, 2, 2, device=device), one, one, seed, step, 0, 0, False)
     got = step_op(x, torch.ones_like(x), column, one, one, seed, step, 0, 0, False)
     torch.testing.assert_close(got.cpu(), (x + column).cpu())
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("coef_mode", ["scalar", "per_sample", "per_element"])
+def test_noise_free_step_in_place_on_contiguous_data(backend, device, coef_mode, seed):
+    """The mean x + a*s written into x itself (the CPU kernel streams it without staging buffers)."""
+    skip_unless_runnable(backend, device)
+    x, s = torch.randn(3, 2 * 1024 + 5, device=device), torch.randn(3, 2 * 1024 + 5, device=device)
+    a = _coef(coef_mode, x.shape, device)
+    want = x.cpu().double() + ops.as_coef("a", a, x).cpu().double().reshape(-1, 1 if a.numel() <= 3 else x.shape[1]) \
+        * s.cpu().double()
+    got = ops.sde_step(x, s, a, 0.5, seed=seed, step=0, add_noise=False, inplace=True, backend=backend)
+    assert got is x
+    torch.testing.assert_close(x.cpu().double(), want, **TOL[torch.float32])

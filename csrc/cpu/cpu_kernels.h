@@ -90,9 +90,12 @@ struct Coef {
     if (mode == CoefMode::kPerElement) {
       return data + t.offset(dim);
     }
-    std::fill_n(buf, t.size, data[mode == CoefMode::kScalar ? 0 : t.row]);
+    std::fill_n(buf, t.size, tile_value(t));
     return buf;
   }
+
+  // The one value of a scalar or per-sample coefficient for the tile's sample.
+  float tile_value(const Tile& t) const { return data[mode == CoefMode::kScalar ? 0 : t.row]; }
 };
 
 // The value of a 1-element int64 tensor (seed or step).

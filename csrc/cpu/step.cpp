@@ -40,6 +40,15 @@ void mean_update(const float* x, const float* s, const float* a, int64_t n, floa
   }
 }
 
+// The same with one a for the whole tile, written straight into float32 data: out may be x
+// itself (each element is read before it is written), so it is not restrict.
+SCOREOPS_CPU_CLONES
+void mean_update_into(const float* x, const float* s, float a, int64_t n, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = x[j] + a * s[j];
+  }
+}
+
 // Writes the step of contiguous (B, D) x and s into out, which may be x itself.
 template <typename scalar_t>
 void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s, const Coef (&coef)[3],
@@ -49,6 +58,13 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
     const int64_t offset = t.offset(shape.dim);
     const float* xv = load_floats(x + offset, t.size, xb);
     const float* sv = load_floats(s + offset, t.size, sb);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      // The noise-free mean streams x and s: no staging buffers between them and out.
+      if (!add_noise && coef[0].mode != CoefMode::kPerElement) {
+        mean_update_into(xv, sv, coef[0].tile_value(t), t.size, out + offset);
+        return;
+      }
+    }
     const float* av = coef[0].tile_values(t, ab);
     if (add_noise) {
       fill_normals(noise.key(t.row), t.begin, t.size, z);
