@@ -1,4 +1,5 @@
-"""The ``scoreops`` command line: ``train``, ``sample``, ``figures``, ``compare``, ``bench`` and ``demo``.
+"""The ``scoreops`` command line: ``train``, ``sample``, ``import-tutorial``, ``figures``, ``compare``,
+``bench`` and ``demo``.
 
 Every subcommand writes into one output folder (``--out``), shows progress bars for long work
 and prints the folder when it is done. Expected failures (a missing checkpoint or data set, an
@@ -197,6 +198,14 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     return out
 
 
+def cmd_import_tutorial(args: argparse.Namespace) -> Path:
+    from .checkpoint import import_tutorial
+
+    folder = import_tutorial(args.pth, args.out, sigma=args.sigma, data_dir=args.data_dir)
+    print(f"imported {args.pth} as {folder}")
+    return Path(args.out).resolve()
+
+
 def cmd_figures(args: argparse.Namespace) -> Path:
     from .figures import make_figures
 
@@ -346,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--out", default="runs/sample", help="output folder (default: %(default)s)")
     p.set_defaults(handler=cmd_sample)
+
+    p = commands.add_parser("import-tutorial", help="make a run folder of the tutorial's ckpt.pth, for the other "
+                                                    "commands",
+                            description="Import the tutorial's trained MNIST ScoreNet (the state_dict it saves as "
+                                        "ckpt.pth) as a checkpoint that sample, figures and compare read.")
+    p.add_argument("pth", help="the tutorial's checkpoint file, e.g. ckpt.pth")
+    p.add_argument("--sigma", type=float, default=25.0,
+                   help="the sigma the model was trained with (default: %(default)s, the tutorial's)")
+    p.add_argument("--data-dir", default=None, help="where MNIST lives, for figures and compare (default: ./data)")
+    p.add_argument("--out", default="runs/tutorial", help="the new run folder (default: %(default)s)")
+    p.set_defaults(handler=cmd_import_tutorial)
 
     p = commands.add_parser("figures", help="draw the paper's figures 1-5 as PNGs",
                             description="Draw the paper's figures: forward diffusion, 64 Milstein samples, ODE "

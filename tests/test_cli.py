@@ -12,6 +12,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tutorial_net import tutorial_state
+
 from scoreops import figures, samplers
 from scoreops.checkpoint import load_model
 from scoreops.cli import main
@@ -159,7 +161,7 @@ def test_demo_end_to_end_at_tiny_settings(tmp_path, capsys):
         [p.name for p in (out / "figures").iterdir()] + ["compare.md"])
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "figures", "compare", "bench", "demo"])
+@pytest.mark.parametrize("command", ["train", "sample", "import-tutorial", "figures", "compare", "bench", "demo"])
 def test_help_lists_defaults(capsys, command):
     code, stdout, _ = run(capsys, command, "--help")
     assert code == 0 and "--out" in stdout and "default" in stdout
@@ -171,6 +173,23 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, err
+
+
+def test_the_tutorials_checkpoint_is_imported_and_sampled(tmp_path, capsys):
+    torch.save({f"module.{k}": v for k, v in tutorial_state(3).items()}, tmp_path / "ckpt.pth")
+    code, stdout, _ = run(capsys, "import-tutorial", tmp_path / "ckpt.pth", "--out", tmp_path / "run")
+    assert code == 0 and "step-00000000" in stdout
+    code, _, _ = run(capsys, "sample", "--checkpoint", tmp_path / "run", "--sampler", "em", "--steps", 3,
+                     "--num-samples", 2, "--device", "cpu", "--out", tmp_path / "samples")
+    samples = load_file(tmp_path / "samples" / "samples-em-3.safetensors")["samples"]
+    assert code == 0 and samples.shape == (2, 1, 28, 28) and torch.isfinite(samples).all()
+
+    code, _, err = run(capsys, "import-tutorial", tmp_path / "ckpt.pth", "--out", tmp_path / "run")
+    one_line_error(code, err, "scoreops: error:", "already holds checkpoints")
+    (tmp_path / "bad.pth").write_text("not a checkpoint")
+    code, _, err = run(capsys, "import-tutorial", tmp_path / "bad.pth", "--out", tmp_path / "other")
+    one_line_error(code, err, "scoreops: error:", "cannot read", "bad.pth")
+    assert not (tmp_path / "other").exists()
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):

@@ -1,13 +1,16 @@
-"""ScoreNet: the tutorial architecture written out by hand, parameter counts from layer shapes,
-output shapes over the supported sizes, the activations, and bad input."""
+"""ScoreNet: the tutorial architecture written out by hand (and its checkpoint imported), parameter
+counts from layer shapes, output shapes over the supported sizes, the activations, and bad input."""
 import functools
 import math
+import re
 
 import numpy as np
 import pytest
 import scipy.special
 import torch
-import torch.nn.functional as F
+
+from scoreops.checkpoint import CheckpointError, import_tutorial, load_model, resolve_checkpoint
+from tutorial_net import tutorial_forward, tutorial_state
 
 from scoreops.models import ACTIVATIONS, PRESETS, ScoreNet, make_activation, model_options
 from scoreops.sde import marginal_prob_std
@@ -53,36 +56,67 @@ def test_digits_preset_parameter_count():
     assert _trainable(_net("digits")) == want
 
 
-def _tutorial_forward(net, x, t):
-    """The tutorial's ScoreNet.forward for 28x28, written with the functional API on net's weights."""
-    act = lambda v: v * torch.sigmoid(v)  # noqa: E731
-    w = net.embed[0].W
-    proj = t[:, None] * w[None, :] * 2 * np.pi
-    embed = act(net.embed[1](torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)))
-
-    def block(layer, h, conv):
-        h = conv(h, layer.conv.weight) + layer.dense(embed)[..., None, None]
-        return act(F.group_norm(h, layer.norm.num_groups, layer.norm.weight, layer.norm.bias))
-
-    d, u = net.down, net.up
-    h1 = block(d[0], x, lambda h, wt: F.conv2d(h, wt))
-    h2 = block(d[1], h1, lambda h, wt: F.conv2d(h, wt, stride=2))
-    h3 = block(d[2], h2, lambda h, wt: F.conv2d(h, wt, stride=2))
-    h4 = block(d[3], h3, lambda h, wt: F.conv2d(h, wt, stride=2))
-    h = block(u[0], h4, lambda h, wt: F.conv_transpose2d(h, wt, stride=2))
-    h = block(u[1], torch.cat([h, h3], 1), lambda h, wt: F.conv_transpose2d(h, wt, stride=2, output_padding=1))
-    h = block(u[2], torch.cat([h, h2], 1), lambda h, wt: F.conv_transpose2d(h, wt, stride=2, output_padding=1))
-    h = F.conv_transpose2d(torch.cat([h, h1], 1), net.final.weight, net.final.bias)
-    return h / STD(t)[:, None, None, None]
+@pytest.mark.parametrize("prefix", ["", "module."])  # the tutorial saves its DataParallel wrapper's keys
+def test_the_tutorial_checkpoint_imports_as_the_tutorial_network(tmp_path, prefix):
+    seed = int(torch.randint(0, 2**31, ()))
+    state, sigma = tutorial_state(seed), 10.0
+    torch.save({prefix + k: v for k, v in state.items()}, tmp_path / "ckpt.pth")
+    folder = import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run", sigma=sigma)
+    assert resolve_checkpoint(tmp_path / "run") == folder
+    x, t = torch.randn(3, 1, 28, 28), torch.rand(3) * 0.99 + 0.01
+    want = tutorial_forward(state, x, t, sigma)
+    for ema in (True, False):
+        net, config = load_model(tmp_path / "run", ema=ema)
+        assert (config["in_channels"], config["image_size"], config["sigma"], config["dataset"]) == (1, 28, sigma,
+                                                                                                      "mnist")
+        with torch.no_grad():
+            torch.testing.assert_close(net(x, t), want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{m} (seed {seed})")
 
 
-def test_tutorial_preset_is_the_tutorial_network():
+def _edited(state, drop=(), **extra):
+    return {**{k: v for k, v in state.items() if k not in drop}, **extra}
+
+
+@pytest.mark.parametrize("content,error", [
+    (lambda s: _edited(s, drop=["gnorm2.bias"]), "lacks gnorm2.bias"),
+    (lambda s: _edited(s, **{"tconv1.bias": torch.zeros(3)}), "tconv1.bias in"),
+    (lambda s: _edited(s, **{"conv1.weight": torch.zeros(32, 3, 3, 3)}), "has shape (32, 3, 3, 3); the tutorial's"),
+    (lambda s: _edited(s, **{"head.weight": torch.zeros(1)}), "'head.weight' is not a weight"),
+    (lambda s: _edited(s, **{"conv1.weight": [1.0]}), "'conv1.weight' is not a weight"),
+    (lambda s: torch.zeros(3), "holds a Tensor, not a state_dict"),
+    (lambda s: b"not a checkpoint", "cannot read"),
+    (lambda s: b"", "cannot read"),
+    (lambda s: functools.partial(print), "cannot read"),  # weights_only refuses to unpickle code
+])
+def test_a_file_that_is_not_the_tutorial_checkpoint_is_refused(tmp_path, content, error):
+    obj = content(tutorial_state(0))
+    if isinstance(obj, bytes):
+        (tmp_path / "ckpt.pth").write_bytes(obj)
+    else:
+        torch.save(obj, tmp_path / "ckpt.pth")
+    with pytest.raises(CheckpointError, match=re.escape(error)) as refused:
+        import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run")
+    assert len(str(refused.value)) < 200 + len(str(tmp_path)), "one short line, not torch.load's page of advice"
+    assert not (tmp_path / "run").exists()
+
+
+def test_importing_keeps_an_existing_run_and_a_bad_sigma_out(tmp_path):
+    with pytest.raises(CheckpointError, match="no file"):
+        import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run")
+    torch.save(tutorial_state(1), tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="sigma"):
+        import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run", sigma=1.0)
+    folder = import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run")
+    before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run")
+    assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_tutorial_preset_groups_as_the_tutorial():
     net = _net("tutorial")
     assert [m.norm.num_groups for m in net.down] == [4, 32, 32, 32]
     assert [m.norm.num_groups for m in net.up] == [32, 32, 32]
-    x, t = torch.randn(3, 1, 28, 28), torch.rand(3) * 0.99 + 0.01
-    with torch.no_grad():
-        torch.testing.assert_close(net(x, t), _tutorial_forward(net, x, t), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
