@@ -316,15 +316,32 @@ def tutorial_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``tconv1.bias``; with or without DataParallel's ``module.`` prefix) under this ScoreNet's names.
 
     Raises:
-        CheckpointError: a key that is not one of the tutorial ScoreNet's weights.
+        CheckpointError: a key that is not one of the tutorial ScoreNet's weights, a key given
+            twice (with and without the prefix), or a value that is not a finite float tensor.
     """
     renamed = {}
     for key, value in state.items():
-        layer, _, name = key.removeprefix("module.").rpartition(".")
-        if layer not in _TUTORIAL_LAYERS or not isinstance(value, torch.Tensor):
+        layer, _, name = key.removeprefix("module.").rpartition(".") if isinstance(key, str) else ("", "", "")
+        if layer not in _TUTORIAL_LAYERS:
             raise CheckpointError(f"{key!r} is not a weight of the tutorial's ScoreNet")
-        renamed[f"{_TUTORIAL_LAYERS[layer]}.{name}"] = value
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided
+                and value.device.type == "cpu"):
+            what = (f"a {value.dtype} {value.layout} tensor on {value.device.type}" if isinstance(value, torch.Tensor)
+                    else f"a {type(value).__name__}")
+            raise CheckpointError(f"{key!r} holds {what}, not a float tensor of weights")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{key!r} holds NaN or Inf")
+        ours = f"{_TUTORIAL_LAYERS[layer]}.{name}"
+        if ours in renamed:
+            raise CheckpointError(f"{key!r} is given twice, with and without the 'module.' prefix")
+        renamed[ours] = value
     return renamed
+
+
+def _tutorial_name(key: str) -> str:
+    """The tutorial's name of one of this ScoreNet's weights."""
+    layer, _, name = key.rpartition(".")
+    return f"{_FROM_TUTORIAL_LAYER[layer]}.{name}"
 
 
 def _load_failure(error: Exception) -> str:
@@ -351,7 +368,7 @@ def import_tutorial(source: str | os.PathLike, run_dir: str | os.PathLike, *, si
     if not (math.isfinite(sigma) and sigma > 1):
         raise ValueError(f"sigma must be a finite number > 1, got {sigma}")
     if not Path(source).is_file():
-        raise CheckpointError(f"no file {source}")
+        raise CheckpointError(f"{source} is a directory, not a file" if Path(source).is_dir() else f"no file {source}")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, zip and runtime errors alike
@@ -361,9 +378,11 @@ def import_tutorial(source: str | os.PathLike, run_dir: str | os.PathLike, *, si
     options = model_options("tutorial")
     model = ScoreNet(functools.partial(marginal_prob_std, sigma=sigma), **options)
     weights, expected = tutorial_weights(state), model.state_dict()
+    extra = sorted(weights.keys() - expected.keys())
+    if extra:
+        raise CheckpointError(f"{_tutorial_name(extra[0])} is not a weight of the tutorial's ScoreNet")
     for key, want in expected.items():  # named as in the tutorial, which its user knows
-        layer, _, name = key.rpartition(".")
-        tutorial_name = f"{_FROM_TUTORIAL_LAYER[layer]}.{name}"
+        tutorial_name = _tutorial_name(key)
         if key not in weights:
             raise CheckpointError(f"{source} lacks {tutorial_name}, a weight of the tutorial's ScoreNet")
         if weights[key].shape != want.shape:

@@ -82,7 +82,12 @@ def _edited(state, drop=(), **extra):
     (lambda s: _edited(s, **{"tconv1.bias": torch.zeros(3)}), "tconv1.bias in"),
     (lambda s: _edited(s, **{"conv1.weight": torch.zeros(32, 3, 3, 3)}), "has shape (32, 3, 3, 3); the tutorial's"),
     (lambda s: _edited(s, **{"head.weight": torch.zeros(1)}), "'head.weight' is not a weight"),
-    (lambda s: _edited(s, **{"conv1.weight": [1.0]}), "'conv1.weight' is not a weight"),
+    (lambda s: _edited(s, **{"conv1.weight": [1.0]}), "'conv1.weight' holds a list, not a float tensor"),
+    (lambda s: _edited(s, **{"conv1.bias": torch.zeros(32)}), "conv1.bias is not a weight"),
+    (lambda s: {**s, 0: torch.zeros(1)}, "0 is not a weight"),
+    (lambda s: _edited(s, **{"gnorm1.weight": torch.ones(32, dtype=torch.int64)}), "holds a torch.int64"),
+    (lambda s: _edited(s, **{"dense2.dense.bias": torch.full((64,), math.nan)}), "holds NaN or Inf"),
+    (lambda s: _edited(s, **{"module.conv1.weight": s["conv1.weight"]}), "given twice"),
     (lambda s: torch.zeros(3), "holds a Tensor, not a state_dict"),
     (lambda s: b"not a checkpoint", "cannot read"),
     (lambda s: b"", "cannot read"),
@@ -103,6 +108,8 @@ def test_a_file_that_is_not_the_tutorial_checkpoint_is_refused(tmp_path, content
 def test_importing_keeps_an_existing_run_and_a_bad_sigma_out(tmp_path):
     with pytest.raises(CheckpointError, match="no file"):
         import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        import_tutorial(tmp_path, tmp_path / "run")
     torch.save(tutorial_state(1), tmp_path / "ckpt.pth")
     with pytest.raises(ValueError, match="sigma"):
         import_tutorial(tmp_path / "ckpt.pth", tmp_path / "run", sigma=1.0)
