@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -38,8 +40,17 @@ def _load_cpp() -> str | None:
     try:
         from . import _C  # noqa: F401  (registers torch.ops.scoreops.*)
         from . import _fake  # noqa: F401
-    except ImportError as e:  # a CPU-only source checkout or a failed build
-        return str(e)
+    except ImportError as e:  # a source checkout or a failed build
+        checkout = Path(__file__).resolve().parent.parent
+        if not ((checkout / "setup.py").is_file() and (checkout / "csrc").is_dir()):
+            return str(e)
+        # Python puts the current folder first, so from the checkout's root the unbuilt sources
+        # shadow the installed package: say so instead of quietly running without the kernels.
+        reason = (f"imported from the source checkout {checkout}, which holds no build of it: the installed "
+                  f"package is shadowed when Python starts in that folder; run from another folder, or build "
+                  f"in place with `python setup.py build_ext --inplace`")
+        warnings.warn(f"scoreops._C is not built ({reason}); until then the C++ and CUDA kernels are off")
+        return reason
     return None
 
 
