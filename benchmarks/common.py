@@ -151,11 +151,14 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 
 def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, float]]:
-    """Apply the common arguments: the device, torch's thread count, and the timing settings.
+    """Apply the common arguments: the device, the output folder, torch's thread count, and the
+    timing settings.
 
     Returns the device and ``{"rounds": ..., "min_run_time": ...}`` for :func:`median_times`.
     """
     device = resolve_device(args.device)
+    if args.out is None:
+        args.out = default_out(args.quick)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -273,11 +276,17 @@ def format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def default_out(quick: bool) -> str:
+    """Where results go without ``--out``: smoke runs apart from the committed tables."""
+    return "runs/bench-quick" if quick else "benchmarks/results"
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every benchmark takes: ``--out``, ``--device``, ``--quick``, ``--threads``, ``--rounds``,
     ``--min-run-time`` (see :func:`prepare`)."""
-    parser.add_argument("--out", default="benchmarks/results",
-                        help="folder for the JSON and markdown results (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help=f"folder for the JSON and markdown results (default: {default_out(False)}; "
+                             f"{default_out(True)} with --quick, so that a smoke run never replaces the tables)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (the GPU when there is one; default)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")

@@ -270,7 +270,7 @@ def _benchmark_module(name: str):
 
 
 def cmd_bench(args: argparse.Namespace) -> Path:
-    out = output_folder(args.out)
+    out = output_folder(args.out or _benchmark_module("common").default_out(args.quick))
     if args.extra and args.which == "all":
         raise ValueError(f"options {' '.join(args.extra)} belong to one benchmark: name it, "
                          "e.g. scoreops bench steps ...")
@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which benchmark (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
-    p.add_argument("--out", default="benchmarks/results", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; runs/bench-quick "
+                                               "with --quick, so that a smoke run never replaces the tables)")
     p.set_defaults(handler=cmd_bench)
 
     p = commands.add_parser("demo", help="train on digits, sample, draw the figures and compare, in one go",

@@ -140,6 +140,15 @@ def test_bench_runs_a_benchmark(tmp_path, capsys):
     assert len(list(tmp_path.glob("steps-*.md"))) == 1
 
 
+def test_a_quick_bench_without_out_keeps_away_from_the_committed_tables(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run(capsys, "bench", "steps", "--quick", "--no-compile", "--ops", "em", "--sizes", "3x5",
+                          "--device", "cpu")
+    assert code == 0 and str(tmp_path / "runs" / "bench-quick") in stdout
+    assert len(list((tmp_path / "runs" / "bench-quick").glob("steps-*.json"))) == 1
+    assert not (tmp_path / "benchmarks").exists()
+
+
 def test_bench_options_need_a_named_benchmark(tmp_path, capsys):
     code, _, err = run(capsys, "bench", "--quick", "--ops=em", "--out", tmp_path)
     one_line_error(code, err, "scoreops: error:", "name it")
