@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     opt.add_argument("--loss-eps", type=float, default=d.loss_eps,
                      help="smallest training time t, t ~ U(eps, 1) (default: %(default)s)")
     opt.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
-    opt.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, data order and noise")
+    opt.add_argument("--seed", type=int, default=d.seed,
+                     help="seed of the initial weights, data order and noise (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=d.out,
                      help="run folder for checkpoints and the loss curve (default: %(default)s)")

@@ -215,6 +215,9 @@ def test_every_option_has_help_and_default():
                                          "image_size", "dataset"}
     for action in options:
         assert action.help and action.default is not argparse.SUPPRESS, action.dest
+        # --help shows every default that is a value (None: the preset's or data set's, named in the text).
+        if action.default is not None and action.default is not False:
+            assert "default" in action.help, action.dest
     args = parser.parse_args([])
     assert args.dataset == "digits" and args.sigma == 25.0 and args.ema_decay == 0.999
 
