@@ -88,13 +88,15 @@ def _torchvision(name: str, root: Path, download: bool) -> torch.Tensor:
                    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py/")}[name]
     try:
         data = cls(root=str(root), train=True, download=download)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # a failed download raises either (URLError is an OSError)
         if download:
+            raise OSError(f"downloading {name} into {root.resolve()} failed: {e}") from e
+        if not isinstance(e, RuntimeError):
             raise
         raise FileNotFoundError(
             f"{name} not found (or incomplete) under {root.resolve()}: torchvision looked for {root / layout} "
-            f"and said: {e}. Run again with --download (download=True) to fetch it there, or point --data-dir "
-            f"(data_dir) at the folder that holds it.") from e
+            f"and said: {e}. Fetch it there with `scoreops train --dataset {name} --download` (download=True "
+            f"in Python), or point --data-dir (data_dir) at the folder that holds it.") from e
     pixels = torch.as_tensor(data.data)
     if pixels.dim() == 3:  # MNIST: (N, H, W)
         pixels = pixels.unsqueeze(1)

@@ -2,7 +2,9 @@
 and read through the real loader, the embedded digits, an image folder, and missing data."""
 import hashlib
 import pickle
+import re
 import struct
+import urllib.error
 
 import numpy as np
 import pytest
@@ -112,6 +114,20 @@ def test_missing_or_unknown_data_set_says_where_and_how(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         load_images("digits", image_size=0)
     assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "cifar10", "folder"}
+
+
+@pytest.mark.parametrize("name,cls,error", [
+    ("cifar10", "CIFAR10", urllib.error.URLError("[Errno -2] Name or service not known")),
+    ("mnist", "MNIST", RuntimeError("Error downloading train-images-idx3-ubyte.gz")),
+])
+def test_a_failed_download_says_what_it_was_downloading(tmp_path, monkeypatch, name, cls, error):
+    def fail(self):
+        raise error
+
+    monkeypatch.setattr(getattr(torchvision.datasets, cls), "download", fail)
+    expected = f"downloading {name} into {re.escape(str(tmp_path))} failed: .*{re.escape(error.args[0])}"
+    with pytest.raises(OSError, match=expected):
+        load_images(name, tmp_path, download=True)
 
 
 def test_unreadable_image_is_named(tmp_path):
