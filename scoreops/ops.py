@@ -41,9 +41,11 @@ def _load_cpp() -> str | None:
         from . import _C  # noqa: F401  (registers torch.ops.scoreops.*)
         from . import _fake  # noqa: F401
     except ImportError as e:  # a source checkout or a failed build
-        checkout = Path(__file__).resolve().parent.parent
-        if not ((checkout / "setup.py").is_file() and (checkout / "csrc").is_dir()):
-            return str(e)
+        package = Path(__file__).resolve().parent
+        checkout = package.parent
+        built = any(package.glob("_C*.so")) or any(package.glob("_C*.pyd"))
+        if built or not ((checkout / "setup.py").is_file() and (checkout / "csrc").is_dir()):
+            return str(e)  # a build that fails to load, or an installed package without one
         # Python puts the current folder first, so from the checkout's root the unbuilt sources
         # shadow the installed package: say so instead of quietly running without the kernels.
         reason = (f"imported from the source checkout {checkout}, which holds no build of it: the installed "

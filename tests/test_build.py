@@ -137,17 +137,20 @@ def test_cpu_only_build(tmp_path, seed):
     assert out.strip() == "False"
 
 
-@pytest.mark.parametrize("is_checkout", [True, False])
-def test_an_unbuilt_source_checkout_says_it_shadows_the_installed_package(tmp_path, is_checkout):
+@pytest.mark.parametrize("is_checkout,broken_build", [(True, False), (False, False), (True, True)])
+def test_an_unbuilt_source_checkout_says_it_shadows_the_installed_package(tmp_path, is_checkout, broken_build):
     # The package's Python files alone, as in a clone, started from the clone's root.
     shutil.copytree(Path(scoreops.__file__).parent, tmp_path / "scoreops",
                     ignore=shutil.ignore_patterns("_C*", "kernels", "benchmarks", "__pycache__"))
     if is_checkout:
         (tmp_path / "setup.py").write_text("")
         (tmp_path / "csrc").mkdir()
+    if broken_build:  # an in-place build that fails to load is not a missing one
+        (tmp_path / "scoreops" / "_C.abi3.so").write_bytes(b"not a shared object")
     proc = subprocess.run([sys.executable, "-c", "from scoreops import ops; print(ops.available_backends('cpu'))"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['torch']"
-    assert ("source checkout" in proc.stderr and "build_ext --inplace" in proc.stderr) == is_checkout, proc.stderr
+    warned = "source checkout" in proc.stderr and "build_ext --inplace" in proc.stderr
+    assert warned == (is_checkout and not broken_build), proc.stderr
