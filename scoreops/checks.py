@@ -34,6 +34,13 @@ def check_positive(name: str, v) -> float:
     return float(v)
 
 
+def check_sample_range(sample_offset: int, batch: int) -> None:
+    """Samples ``sample_offset`` to ``sample_offset + batch - 1`` must have distinct stream counters."""
+    if sample_offset + batch > 1 << 32:
+        raise ValueError(f"sample_offset + batch size must be at most 2**32: the noise stream numbers samples "
+                         f"in 32 bits, so sample 2**32 would repeat sample 0; got {sample_offset} + {batch}")
+
+
 def check_choice(name: str, v, choices) -> str:
     """``v``, one of ``choices``."""
     if v not in choices:

@@ -13,7 +13,7 @@ import math
 import torch
 
 from . import noise, ops
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_sample_range
 
 METHODS = ("euler", "milstein")
 
@@ -76,7 +76,8 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         sample_offset: global index of sample 0.
         backend: op backend, see :mod:`scoreops.ops`.
     Returns:
-        The path at the grid times, shape ``(len(ts), *x0.shape)``, with x0 first.
+        The path at the grid times, shape ``(len(ts), *x0.shape)``, with x0 first. It carries no
+        gradients (it is computed without autograd; x0 is taken detached).
     Raises:
         ValueError / TypeError: bad arguments, or a function whose output does not fit x.
         RuntimeError: NaN or Inf in the path, naming the first grid time where it appeared.
@@ -89,6 +90,7 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         raise TypeError(f"diffusion_dx must be a function of (x, t) or None, got {type(diffusion_dx).__name__}")
     ts = _check_grid(ts)
     sample_offset = check_int("sample_offset", sample_offset, 0)
+    check_sample_range(sample_offset, x0.shape[0])
     backend = ops.resolve_backend(backend, x0.device)
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
@@ -96,6 +98,7 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
     # Times and step counters made on the device once: no host-to-device copy per step.
     times = torch.tensor(ts, dtype=torch.float64, device=x0.device)
     steps = torch.arange(len(ts) - 1, device=x0.device).reshape(-1, 1)
+    x0 = x0.detach()  # the path is not differentiable; a backward through it must fail, not give zeros
     x, path = x0, [x0]
     with torch.no_grad():
         for k, (t0, t1) in enumerate(itertools.pairwise(ts)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -113,10 +114,19 @@ def _backends_for(device_type: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Map ``backend`` (possibly ``"auto"``) to a concrete backend for ``device``, or raise."""
+def resolve_backend(backend: str, device: torch.device | str, inputs: Sequence = ()) -> str:
+    """Map ``backend`` (possibly ``"auto"``) to a concrete backend for ``device``, or raise.
+
+    Only the ``torch`` backend differentiates: when autograd would record the op (grad mode on
+    and a tensor in ``inputs`` requiring grad), ``auto`` picks it and the kernel backends refuse.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend={backend!r} has no gradients, and an input requires grad: call it under "
+                             f"torch.no_grad() (sampling), or use backend='torch' or 'auto' to differentiate")
+        return "torch"
     device = torch.device(device)
     found = available_backends(device)
     if backend == "auto":
@@ -182,17 +192,29 @@ def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
     return torch.full((1,), float(v), dtype=torch.float32, device=x.device)
 
 
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` as its tensors report it: ``"cuda"`` gets the current index, ``"cpu:0"`` loses its."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
 def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
-    """``seed``/``step`` as a 1-element int64 tensor on ``device``."""
+    """``seed``/``step`` as a 1-element int64 tensor on ``device``; an int counts modulo 2**64
+    and must lie in [-2**63, 2**64)."""
     if isinstance(v, torch.Tensor):
         if v.dtype != torch.int64 or v.numel() != 1:
             raise TypeError(f"{name} must be an int or a 1-element int64 tensor, "
                             f"got {v.dtype} of shape {tuple(v.shape)}")
-        if v.device != device:
+        if canonical_device(v.device) != canonical_device(device):
             raise ValueError(f"{name} is on {v.device} but the data is on {device}")
         return v.reshape(1)
-    if isinstance(v, bool) or not isinstance(v, int):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int or a 1-element int64 tensor, got {type(v).__name__}")
+    v = int(v)
+    if not -(1 << 63) <= v < 1 << 64:
+        raise ValueError(f"{name} must fit in 64 bits, [-2**63, 2**64), got {v}")
     v &= (1 << 64) - 1
     return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v], dtype=torch.int64, device=device)
 
@@ -234,7 +256,7 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
     if x.numel() == 0:
         return x if inplace else x.clone()
-    impl = resolve_backend(backend, x.device)
+    impl = resolve_backend(backend, x.device, (x, score, a, b, c))
     if inplace:
         if impl == "torch":
             return x.copy_(torch_ops.sde_step(x, score, a, b, c, seed, step, lane, sample_offset, add_noise))
@@ -255,7 +277,7 @@ def sample_sq_norms(score: torch.Tensor, *, seed=0, step=0, lane: int = 0, sampl
     if score.dim() < 1:
         raise ValueError("score must have a leading batch dimension")
     seed, step = as_counter("seed", seed, score.device), as_counter("step", step, score.device)
-    impl = resolve_backend(backend, score.device)
+    impl = resolve_backend(backend, score.device, (score,))
     return op("sample_sq_norms", impl)(score, seed, step, lane, sample_offset, with_noise)
 
 
@@ -300,7 +322,7 @@ def langevin_correct(x: torch.Tensor, score: torch.Tensor, snr: float, *, seed, 
     snr = check_positive("snr", snr)
     if x.numel() == 0:
         return x if inplace else x.clone()
-    impl = resolve_backend(backend, x.device)
+    impl = resolve_backend(backend, x.device, (x, score))
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
     norms = op("sample_sq_norms", impl)(score, seed, step, lane, sample_offset, noise_norm == "sampled")
     eps = langevin_step_size(norms, snr, x.numel() // x.shape[0], noise_norm, per_sample)
@@ -317,7 +339,7 @@ def _zero(device: torch.device) -> torch.Tensor:
 def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
                   device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """Standard normals of the stream: float32 (batch, numel) for samples ``sample_offset + i``."""
-    device = torch.device(device)
+    device = canonical_device(device)
     batch, numel = _check_sizes(batch, numel)
     seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
     return op("philox_normal", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
@@ -326,7 +348,7 @@ def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample
 def philox_bits(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
                 device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """The stream's raw uint32 words bit-cast to int32: (batch, 4 * ceil(numel / 4))."""
-    device = torch.device(device)
+    device = canonical_device(device)
     batch, numel = _check_sizes(batch, numel)
     seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
     return op("philox_bits", resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)
@@ -348,7 +370,7 @@ def rk_combine(y: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[flo
                *, backend: str = "auto") -> torch.Tensor:
     """Runge-Kutta stage combination ``y + h * sum_j coeffs[j] * ks[j]`` in one pass."""
     _check_stages(y, ks, coeffs, "stage")
-    impl = resolve_backend(backend, y.device)
+    impl = resolve_backend(backend, y.device, (y, *ks))
     return op("rk_combine", impl)(y, list(ks), [float(c) for c in coeffs], float(h))
 
 
@@ -360,6 +382,6 @@ def rk_error_norm(y: torch.Tensor, y_new: torch.Tensor, ks: Sequence[torch.Tenso
     """
     _check_stages(y, ks, e, "error")
     check_float("y_new", y_new, like=y)
-    impl = resolve_backend(backend, y.device)
+    impl = resolve_backend(backend, y.device, (y, y_new, *ks))
     sq = op("rk_error_sq", impl)(y, y_new, list(ks), [float(c) for c in e], float(h), float(atol), float(rtol))
     return (sq / max(y.numel(), 1)).sqrt()

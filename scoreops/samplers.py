@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import noise, ops
-from .checks import check_choice, check_int, check_positive
+from .checks import check_choice, check_int, check_positive, check_sample_range
 from .sde import VESDE, prior_sample
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "milstein")
@@ -132,7 +132,7 @@ def _default_device(device, x_T: torch.Tensor | None, name: str) -> torch.device
         ops.check_float(name, x_T)
     if device is None:
         device = x_T.device if x_T is not None else "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = ops.canonical_device(device)
     if device.type == "meta":
         raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
     if x_T is not None and x_T.device.type != device.type:
@@ -161,8 +161,10 @@ def _starting_sample(name: str, x_T, schedule: _Schedule, batch_size, shape, see
             raise ValueError(f"{name} must have a non-empty leading batch dimension, got shape {tuple(x_T.shape)}")
         if not torch.isfinite(x_T).all():
             raise ValueError(f"{name} contains NaN or Inf")
+        check_sample_range(sample_offset, x_T.shape[0])
         return x_T.to(device)
     batch_size = check_int("batch_size", batch_size, 1)
+    check_sample_range(sample_offset, batch_size)
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:

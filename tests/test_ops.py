@@ -194,6 +194,39 @@ def test_ops_under_torch_compile_fullgraph(backend, device, seed):
 
 
 # --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("coef_mode", ["scalar", "per_sample", "per_element"])
+def test_auto_differentiates_through_the_step(coef_mode, seed):
+    # out = x + a*s + b*z + c*(z*z - 1): d out / dx = 1, d out / ds = a, d out / da = s.
+    x, s = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    a = _coef(coef_mode, (3, 5), "cpu").requires_grad_()
+    out = ops.sde_step(x, s, a, 0.5, 0.1, seed=seed, step=2)
+    with torch.no_grad():
+        torch.testing.assert_close(out, ops.sde_step(x, s, a, 0.5, 0.1, seed=seed, step=2, backend="torch"))
+    weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    per = a.detach().reshape(-1, 1) if coef_mode == "per_sample" else a.detach()
+    torch.testing.assert_close(x.grad, weight)
+    torch.testing.assert_close(s.grad, weight * per)
+    want_a = (weight * s.detach()).sum(1) if coef_mode == "per_sample" else weight * s.detach()
+    torch.testing.assert_close(a.grad, want_a.sum().reshape(1) if coef_mode == "scalar" else want_a)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_kernel_backends_refuse_inputs_that_need_gradients(backend, device, seed):
+    skip_unless_runnable(backend, device)
+    x = torch.randn(2, 3, device=device)
+    s = torch.randn(2, 3, device=device, requires_grad=True)
+    with pytest.raises(ValueError, match="has no gradients"):
+        ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend=backend)
+    with pytest.raises(ValueError, match="has no gradients"):
+        ops.langevin_correct(x, s, 0.16, seed=seed, step=0, backend=backend)
+    with pytest.raises(ValueError, match="has no gradients"):
+        ops.rk_combine(x, [s], [1.0], 0.5, backend=backend)
+    with torch.no_grad():  # sampling: nothing is recorded, so the kernels run
+        torch.testing.assert_close(ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend=backend).cpu(),
+                                   ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend="torch").cpu())
+
+
 def test_bad_inputs_get_clear_errors():
     x = torch.randn(4, 3)
     s = torch.randn(4, 3)

@@ -11,7 +11,7 @@ from mixture import GaussianMixture2D
 from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.rk import RK45
 
-from scoreops import noise, reference, samplers
+from scoreops import noise, ops, reference, samplers
 from scoreops.sde import VESDE, diffusion_coeff, marginal_prob_std
 
 SDE = VESDE(25.0)
@@ -379,6 +379,10 @@ def _em(**kw):
     (dict(shape=(3, 0)), ValueError, "shape"),
     (dict(shape=5), TypeError, "shape"),
     (dict(sample_offset=-1), ValueError, "sample_offset"),
+    (dict(sample_offset=2**32 - 1), ValueError, "would repeat sample 0"),  # batch 2: samples 2**32 - 1 and 0
+    (dict(seed=2**64), ValueError, "seed must fit in 64 bits"),
+    (dict(seed=-(2**63) - 1), ValueError, "seed must fit in 64 bits"),
+    (dict(seed=1.0), TypeError, "seed must be an int"),
     (dict(cuda_graph=True), ValueError, "cuda_graph"),
     (dict(cuda_graph="yes"), ValueError, "cuda_graph"),
     (dict(backend="numpy"), ValueError, "backend"),
@@ -405,7 +409,22 @@ def test_bad_sde_sampler_input(kw, error, match):
 
 
 def test_numpy_scalars_are_accepted_as_numbers():
-    assert torch.equal(_em(batch_size=np.int64(2), num_steps=np.int32(3), eps=np.float32(1e-3)), _em())
+    assert torch.equal(_em(batch_size=np.int64(2), num_steps=np.int32(3), eps=np.float32(1e-3), seed=np.int64(5)),
+                       _em(seed=5))
+
+
+def test_a_device_named_with_or_without_its_index_is_the_same_device():
+    # Tensors on "cpu:0" report "cpu" (and on "cuda" report "cuda:<current>"): the stream's
+    # seed and step tensors must be found on the data's device either way.
+    assert torch.equal(_em(device="cpu:0"), _em(device="cpu"))
+    assert ops.canonical_device("cpu:0") == torch.device("cpu")
+    assert ops.canonical_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_cuda_without_an_index_means_the_current_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert ops.canonical_device("cuda") == torch.device("cuda", 3)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -133,6 +133,7 @@ def test_half_precision_state_keeps_float32_coefficients(method, seed):
     (dict(diffusion=lambda x, t: x.reshape(-1)[:2]), ValueError, "diffusion returned shape"),
     (dict(method="milstein", diffusion_dx=1.0), TypeError, "diffusion_dx"),
     (dict(sample_offset=1.5), ValueError, "sample_offset"),
+    (dict(sample_offset=2**32 - 2), ValueError, "would repeat sample 0"),
     (dict(drift=lambda x, t: x / (t - 0.5)), RuntimeError, "NaN or Inf, first at t = 1 "),
 ])
 def test_bad_input(kw, error, match):
@@ -146,3 +147,14 @@ def test_package_exports_the_function_after_any_import_order():
     for _ in range(2):
         assert scoreops.sdeint is sdeint
         assert not any(isinstance(getattr(scoreops, name), types.ModuleType) for name in scoreops.__all__)
+
+
+def test_the_path_carries_no_gradients_rather_than_wrong_ones(seed):
+    x0 = torch.ones(2, 3, requires_grad=True)
+    path = sdeint(lambda x, t: -x, lambda x, t: 0.1 * torch.ones_like(x), x0, torch.linspace(0, 1, 6), seed=seed)
+    assert not path.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        path[-1].sum().backward()
+    assert x0.grad is None
+    torch.testing.assert_close(path, sdeint(lambda x, t: -x, lambda x, t: 0.1 * torch.ones_like(x), x0.detach(),
+                                            torch.linspace(0, 1, 6), seed=seed))
