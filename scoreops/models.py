@@ -82,8 +82,10 @@ class GaussianFourierProjection(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t``: (B,) times -> (B, embed_dim) features."""
-        proj = t[:, None] * self.W[None, :] * (2 * math.pi)
-        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        # In at least float32 (t W reaches hundreds of radians), then in the weights' dtype.
+        dtype = torch.promote_types(self.W.dtype, torch.float32)
+        proj = t[:, None].to(dtype) * self.W[None, :].to(dtype) * (2 * math.pi)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1).to(self.W.dtype)
 
 
 def _groups(channels: int, preferred: int) -> int:
@@ -199,4 +201,4 @@ class ScoreNet(nn.Module):
             skip = skips.pop()
             h = torch.cat([block(h, embed, output_size=skip.shape[-2:]), skip], dim=1)
         h = self.final(h, output_size=x.shape[-2:])
-        return h / self.marginal_prob_std(t)[:, None, None, None]
+        return h / self.marginal_prob_std(t)[:, None, None, None].to(h.dtype)

@@ -183,8 +183,8 @@ def _checked(score_model):
         except RuntimeError as e:
             if isinstance(e, torch.OutOfMemoryError):
                 raise
-            raise ValueError(f"score_model(x, t) failed for x of shape {tuple(x.shape)} = (batch_size, *shape): "
-                             f"does shape match the model? ({e})") from e
+            raise ValueError(f"score_model(x, t) failed for x of shape {tuple(x.shape)} = (batch_size, *shape) and "
+                             f"dtype {x.dtype}, t of dtype {t.dtype}: do shape and dtype match the model? ({e})") from e
         if not isinstance(s, torch.Tensor):
             raise TypeError(f"score_model must return a tensor, got {type(s).__name__}")
         if s.shape != x.shape:

@@ -126,6 +126,18 @@ def test_tutorial_preset_groups_as_the_tutorial():
     assert [m.norm.num_groups for m in net.up] == [32, 32, 32]
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 8e-2), (torch.float64, 1e-5)])
+def test_a_net_in_another_dtype_takes_float32_times_and_answers_in_its_dtype(dtype, tol):
+    # The samplers pass t in float32 whatever x's dtype; the embedding is made in float32.
+    net = _net("digits", channels=[8, 16], embed_dim=16).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3) * 0.9 + 0.1
+    with torch.no_grad():
+        want = net(x, t)
+        got = net.to(dtype)(x.to(dtype), t)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol * want.abs().max().item())
+
+
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("preset,sizes", [("tutorial", [17, 28, 32]), ("paper", [8, 13, 28, 32]),
                                           ("digits", [8, 9, 16, 31])])

@@ -401,7 +401,7 @@ def _em(**kw):
     (dict(score_model=lambda x, t: x.double()), TypeError, "score_model returned torch.float64"),
     (dict(score_model=lambda x, t: x.tolist()), TypeError, "score_model must return a tensor"),
     (dict(score_model=lambda x, t: torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3)), shape=(2,)), ValueError,
-     "does shape match the model"),
+     "do shape and dtype match the model"),
 ])
 def test_bad_sde_sampler_input(kw, error, match):
     with pytest.raises(error, match=match):
@@ -411,6 +411,17 @@ def test_bad_sde_sampler_input(kw, error, match):
 def test_numpy_scalars_are_accepted_as_numbers():
     assert torch.equal(_em(batch_size=np.int64(2), num_steps=np.int32(3), eps=np.float32(1e-3), seed=np.int64(5)),
                        _em(seed=5))
+
+
+def test_a_half_precision_scorenet_samples_from_a_half_precision_start(seed):
+    from scoreops.models import ScoreNet, model_options
+
+    net = ScoreNet(SDE.marginal_prob_std, **model_options("digits", channels=[8, 16], embed_dim=16)).eval()
+    x_T = SDE.prior_sample(2, (1, 8, 8), seed=seed)
+    want = samplers.em_sample(net, SDE, x_T=x_T, num_steps=4, seed=seed)
+    got = samplers.em_sample(net.half(), SDE, x_T=x_T.half(), num_steps=4, seed=seed)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
 def test_a_device_named_with_or_without_its_index_is_the_same_device():
