@@ -426,7 +426,9 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
             k = loop.first_nonfinite_step(score_model, x_T, plan)
             where = ("a rerun with per-step checks stayed finite (is score_model non-deterministic?)" if k is None
                      else f"first at step {k} of {num_steps} (t = {float(plan.t[k, 0]):.4g})")
-            raise RuntimeError(f"{name}: the samples contain NaN or Inf; {where}")
+            hint = ("; the corrector's step size 2 (snr |z| / |score|)**2 is infinite where a score is all zero"
+                    if corrector_steps else "")
+            raise RuntimeError(f"{name}: the samples contain NaN or Inf; {where}{hint}")
     return x
 
 
@@ -688,6 +690,11 @@ def ode_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
     backend = ops.resolve_backend(backend, device)
     x = _starting_sample("z", z, schedule, batch_size, shape, _seed_tensor(seed, device), sample_offset, device,
                          backend)
+    # Below a few rounding steps of the state the error estimate is rounding noise, and the step
+    # size would shrink towards zero instead of the solve converging.
+    rtol_floor = 10 * torch.finfo(x.dtype).eps
+    if rtol < rtol_floor:
+        raise ValueError(f"rtol = {rtol:g} is finer than a {x.dtype} state resolves; use rtol >= {rtol_floor:.2g}")
     nfe = 0
 
     def velocity(t: float, x: torch.Tensor):

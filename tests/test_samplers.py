@@ -306,6 +306,8 @@ def test_non_finite_samples_name_the_step(seed):
         samplers.pc_sample(model, SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
     with pytest.raises(RuntimeError, match="ode_sample: the score or the state became NaN"):
         samplers.ode_sample(model, SDE, None, BATCH, shape=SHAPE, seed=seed)
+    with pytest.raises(RuntimeError, match="first at step 0 .*infinite where a score is all zero"):
+        samplers.pc_sample(lambda x, t: torch.zeros_like(x), SDE, None, BATCH, STEPS, shape=SHAPE, seed=seed)
 
 
 # --------------------------------------------------------------------------- the ODE against scipy
@@ -450,6 +452,8 @@ def test_bad_pc_input(kw, match):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(atol=0.0), "atol"), (dict(rtol=-1e-5), "rtol"), (dict(atol=float("inf")), "atol"), (dict(eps=2.0), "eps"),
+    (dict(rtol=1e-12), "finer than a torch.float32 state"),
+    (dict(z=torch.ones(2, *SHAPE, dtype=torch.float16)), "finer than a torch.float16 state"),  # default rtol 1e-5
 ])
 def test_bad_ode_input(kw, match):
     with pytest.raises(ValueError, match=match):
