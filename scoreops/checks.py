@@ -27,6 +27,13 @@ def check_int(name: str, v, low: int) -> int:
     return n
 
 
+def check_bool(name: str, v) -> bool:
+    """``v``, a Python or NumPy bool (not a truthy string or number)."""
+    if not _is_bool(v):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def check_positive(name: str, v) -> float:
     """``v`` as a positive finite float."""
     if _is_bool(v) or not isinstance(v, numbers.Real) or not (v > 0 and math.isfinite(v)):

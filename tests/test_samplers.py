@@ -444,6 +444,7 @@ def test_cuda_without_an_index_means_the_current_device(monkeypatch):
     (dict(snr=0.0), "snr"), (dict(snr=-0.16), "snr"), (dict(snr=float("nan")), "snr"),
     (dict(noise_norm="l2"), "noise_norm"), (dict(predictor="heun"), "predictor"),
     (dict(correction="space"), "correction"), (dict(corrector_steps=-1), "corrector_steps"),
+    (dict(per_sample="yes"), "per_sample must be True or False"),
 ])
 def test_bad_pc_input(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -452,8 +453,8 @@ def test_bad_pc_input(kw, match):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(atol=0.0), "atol"), (dict(rtol=-1e-5), "rtol"), (dict(atol=float("inf")), "atol"), (dict(eps=2.0), "eps"),
-    (dict(rtol=1e-12), "finer than a torch.float32 state"),
-    (dict(z=torch.ones(2, *SHAPE, dtype=torch.float16)), "finer than a torch.float16 state"),  # default rtol 1e-5
+    (dict(rtol=1e-12), "finer than the steps' float32 arithmetic"),
+    (dict(atol=1e-11), "finer than the steps' float32 arithmetic"),
 ])
 def test_bad_ode_input(kw, match):
     with pytest.raises(ValueError, match=match):
