@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .checks import check_bool
 from .data import data_location
 from .ema import EMA
 from .models import ScoreNet, model_options
@@ -305,6 +306,7 @@ def load_model(path: str | os.PathLike, ema: bool = True,
         (model, config); ``config["in_channels"]``, ``config["image_size"]`` and ``config["sigma"]``
         give the sample shape and the SDE.
     """
+    ema = check_bool("ema", ema)
     ckpt = read_checkpoint(path, device=device, with_optimizer=False)
     model = build_model(ckpt.config).to(device)
     load_weights(model, ckpt.ema if ema else ckpt.model, ckpt.path)

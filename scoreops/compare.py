@@ -164,7 +164,12 @@ class Reference:
         return cls(classifier, images, mean, cov)
 
     def measure(self, images: torch.Tensor) -> dict:
-        """The quality numbers of ``images`` (N >= 2, C, H, W), clamped to [0, 1] first."""
+        """The quality numbers of ``images`` (N >= 2, C, H, W) of the reference images' C, H and W,
+        clamped to [0, 1] first."""
+        if not isinstance(images, torch.Tensor) or images.shape[1:] != self.images.shape[1:]:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be (N, *{tuple(self.images.shape[1:])}) like the data they are compared "
+                             f"with, got {got}")
         images = images.detach().float().clamp(0.0, 1.0)
         features = metrics.extract_features(self.classifier.net, images)
         return {"diversity": metrics.mean_pairwise_distance(features),
@@ -283,6 +288,7 @@ def diversity_ranking(rows: list[dict]) -> str:
 def write_report(rows: list[dict], out_dir: str | Path, info: dict) -> tuple[Path, Path]:
     """Write ``compare.json`` (``info`` and the rows) and ``compare.md`` into ``out_dir``."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     for row in rows:
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value):

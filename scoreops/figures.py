@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
+
+from .checks import check_int
 from tqdm.auto import tqdm
 
 from .compare import SAMPLERS, draw_samples
@@ -40,6 +42,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: i
     Tiles smaller than ``min_tile`` pixels are enlarged by an integer factor (nearest neighbour),
     so that 8x8 or 16x16 images stay legible; the saved tensors keep their true size.
     """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty (N, C, H, W) batch, got {got}")
+    nrow = check_int("nrow", nrow, 1)
     grid = make_grid(images.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
     scale = max(1, math.ceil(min_tile / images.shape[-1]))
     grid = F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]

@@ -121,6 +121,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
                          f"got {labels.dtype} {tuple(labels.shape)}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
     heldout, train = heldout_split(len(images), heldout_fraction, seed)
     batch_order = torch.Generator().manual_seed(seed + 1)  # a stream apart from the split's
 

@@ -32,6 +32,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .checks import check_choice, check_int
 from .data import DATASETS, data_location, load_images
 from .distributed import barrier, local_rank, mean_over_ranks, process_group
 from .ema import EMA
@@ -76,7 +77,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first option out of range."""
-        for name in ("steps", "batch_size", "lr", "save_every", "loss_eps"):
+        check_choice("dataset", self.dataset, DATASETS)
+        for name in ("steps", "batch_size", "save_every", "seed"):
+            check_int(name, getattr(self, name), 0 if name == "seed" else 1)
+        if self.image_size is not None:
+            check_int("image_size", self.image_size, 1)
+        if self.preset is not None:
+            check_choice("preset", self.preset, tuple(PRESETS))
+        for name in ("lr", "loss_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not (self.sigma > 1 and math.isfinite(self.sigma)):
@@ -87,8 +95,6 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -161,6 +167,10 @@ def dsm_loss(model: Callable, x: torch.Tensor, marginal_prob_std: Callable, eps:
     Returns:
         0-d float32 tensor.
     """
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
     t = torch.rand(x.shape[0], device=x.device, generator=generator) * (1.0 - eps) + eps
     z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
     std = marginal_prob_std(t).view(-1, *([1] * (x.dim() - 1)))

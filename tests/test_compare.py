@@ -87,6 +87,21 @@ def test_runs_that_cannot_be_made_are_refused():
         compare.compare_samplers(gaussian_score, SDE, ref, sampler_names=["em", "em"], progress=False)
 
 
+def test_measure_refuses_images_unlike_the_data():
+    ref = reference(torch.rand(20, 1, 8, 8), torch.arange(5))
+    for bad in (torch.rand(4, 1, 16, 16), torch.rand(4, 3, 8, 8), torch.rand(4, 8, 8)):
+        with pytest.raises(ValueError, match=r"images must be \(N, \*\(1, 8, 8\)\)"):
+            ref.measure(bad)
+
+
+def test_report_goes_into_a_folder_it_makes(tmp_path):
+    rows = [{"sampler": "data", "steps": None, "tol": None, "diversity": 1.0, "warm_cool": None},
+            {"sampler": "em", "steps": 5, "tol": None, "diversity": 0.5, "warm_cool": None}]
+    info = {"checkpoint": "c", "dataset": "digits", "num_samples": 4, "seed": 0, "device": "cpu"}
+    json_path, md_path = compare.write_report(rows, tmp_path / "new" / "report", info)
+    assert md_path.read_text().startswith("# Sampler comparison") and json_path.parent == tmp_path / "new" / "report"
+
+
 def test_report_refuses_non_finite_numbers(tmp_path):
     row = {"sampler": "em", "steps": 5, "tol": None, "frechet_distance": math.nan}
     with pytest.raises(ValueError, match="frechet_distance of the em row is nan"):

@@ -152,7 +152,12 @@ def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
     assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")]
 
 
-def test_bad_figure_input_gets_clear_errors():
+def test_bad_figure_input_gets_clear_errors(tmp_path):
+    for images in (torch.rand(0, 1, 8, 8), torch.rand(1, 8, 8), [torch.rand(1, 8, 8)]):
+        with pytest.raises(ValueError, match=r"non-empty \(N, C, H, W\) batch"):
+            figures.save_grid(images, tmp_path / "grid.png")
+    with pytest.raises(ValueError, match="nrow must be an int >= 1"):
+        figures.save_grid(torch.rand(2, 1, 8, 8), tmp_path / "grid.png", nrow=0)
     with pytest.raises(ValueError, match="one shape"):
         figures.slerp(torch.randn(2, 3), torch.randn(3, 3), torch.linspace(0, 1, 4))
     with pytest.raises(ValueError, match=r"weights must have shape \(K,\)"):

@@ -196,3 +196,5 @@ def test_classifier_rejects_bad_labels(digits8):
         metrics.train_classifier(images, labels[:-1], epochs=1, progress=False)
     with pytest.raises(ValueError, match="labels"):
         metrics.train_classifier(images, labels.float(), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="class indices >= 0"):
+        metrics.train_classifier(images, torch.where(labels == 3, -1, labels), epochs=1, progress=False)

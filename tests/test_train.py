@@ -238,6 +238,30 @@ def test_bad_options_are_refused(tmp_path):
         ckpt.load_model(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("image_size", 0, "image_size must be an int >= 1"), ("dataset", "bogus", "dataset must be one of"),
+    ("steps", 2.5, "steps must be an int"), ("seed", -1, "seed must be an int >= 0"),
+    ("preset", "unet", "preset must be one of"), ("lr", 0.0, "lr must be positive"),
+])
+def test_a_config_made_in_python_is_validated_like_the_command_line(tmp_path, field, value, match):
+    config = train_mod.TrainConfig(out=str(tmp_path), **{field: value})
+    with pytest.raises(ValueError, match=match):
+        config.validate()
+
+
+@pytest.mark.parametrize("eps,x,match", [(-1.0, torch.ones(2, 1, 4, 4), "eps"), (1.0, torch.ones(2, 1, 4, 4), "eps"),
+                                         (1e-5, torch.ones(0, 1, 4, 4), "non-empty batch")])
+def test_dsm_loss_refuses_what_would_make_it_nan(eps, x, match):
+    with pytest.raises(ValueError, match=match):
+        dsm_loss(lambda x, t: x, x, functools.partial(marginal_prob_std, sigma=25.0), eps=eps)
+
+
+def test_load_model_takes_ema_as_a_bool(tmp_path):
+    _run(tmp_path, "--steps", "2", "--save-every", "2")
+    with pytest.raises(ValueError, match="ema must be True or False"):
+        ckpt.load_model(tmp_path, ema="no")
+
+
 def test_a_step_folder_without_its_state_file_is_not_a_checkpoint(tmp_path):
     _run(tmp_path, "--steps", "2", "--save-every", "2")
     (tmp_path / "checkpoints" / "step-00000009").mkdir()  # not made by a save
