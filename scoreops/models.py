@@ -188,8 +188,9 @@ class ScoreNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if t.shape != x.shape[:1]:
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if not isinstance(t, torch.Tensor) or t.shape != x.shape[:1]:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must be a tensor of shape ({x.shape[0]},), one time per sample, got {got}")
         embed = self.act(self.embed(t))
         skips = []
         h = x

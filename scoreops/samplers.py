@@ -171,12 +171,6 @@ def _starting_sample(name: str, x_T, schedule: _Schedule, batch_size, shape, see
         return x_T.to(device)
     batch_size = check_int("batch_size", batch_size, 1)
     check_sample_range(sample_offset, batch_size)
-    try:
-        shape = tuple(int(n) for n in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if not shape or min(shape) < 1:
-        raise ValueError(f"shape must be a non-empty sequence of positive ints, got {shape!r}")
     return prior_sample(schedule.std, batch_size, shape, seed=seed, sample_offset=sample_offset, device=device,
                         backend=backend)
 

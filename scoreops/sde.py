@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
+from .checks import check_int
 from .noise import PRIOR_LANE
 
 
@@ -113,8 +114,16 @@ def prior_sample(marginal_prob_std, batch_size: int, shape=(1, 28, 28), *, seed:
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    shape = tuple(shape)
+    device = ops.canonical_device(device)
+    if device.type == "meta":
+        raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
+    batch_size = check_int("batch_size", batch_size, 1)
+    try:
+        shape = tuple(int(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape must be a non-empty sequence of positive ints, got {shape!r}")
     numel = math.prod(shape)
     z = ops.philox_normal(batch_size, numel, seed=seed, step=0, lane=PRIOR_LANE, sample_offset=sample_offset,
                           device=device, backend=backend)

@@ -101,3 +101,14 @@ def test_prior_lane_on_every_backend(backend, seed):
     skip_unless_runnable(backend, "cpu")
     got = ops.philox_normal(3, 10, seed=seed, lane=PRIOR_LANE, backend=backend)
     torch.testing.assert_close(got, noise.philox_normal(seed, 0, PRIOR_LANE, 3, 10))
+
+
+@pytest.mark.parametrize("args, kw, error, match", [
+    ((2, 3), {}, TypeError, "shape must be a sequence of ints"),
+    ((2, (1, 0)), {}, ValueError, "non-empty sequence of positive ints"),
+    ((0, (1, 2)), {}, ValueError, "batch_size must be an int >= 1"),
+    ((2, (1, 2)), {"device": "meta"}, ValueError, "meta device"),
+])
+def test_bad_prior_sample_input(args, kw, error, match):
+    with pytest.raises(error, match=match):
+        VESDE().prior_sample(*args, seed=0, **kw)
