@@ -276,7 +276,7 @@ def test_commands_that_do_not_split_their_work_refuse_torchrun(tiny_run, tmp_pat
 
 def test_bad_training_option_leaves_no_output_folder(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--steps", -5, "--out", tmp_path / "x")
-    one_line_error(code, err, "scoreops: error:", "steps must be positive")
+    one_line_error(code, err, "scoreops: error:", "steps must be an int >= 1")
     assert not (tmp_path / "x").exists()
 
 
