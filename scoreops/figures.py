@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
-
-from .checks import check_int
 from tqdm.auto import tqdm
 
+from .checks import check_int
 from .compare import SAMPLERS, draw_samples
 from .sde import VESDE, prior_sample
 

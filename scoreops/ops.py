@@ -207,7 +207,8 @@ def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
         if v.dtype != torch.int64 or v.numel() != 1:
             raise TypeError(f"{name} must be an int or a 1-element int64 tensor, "
                             f"got {v.dtype} of shape {tuple(v.shape)}")
-        if canonical_device(v.device) != canonical_device(device):
+        # The plain comparison first: this runs twice per op call of a sampler loop.
+        if v.device != device and canonical_device(v.device) != canonical_device(device):
             raise ValueError(f"{name} is on {v.device} but the data is on {device}")
         return v.reshape(1)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):

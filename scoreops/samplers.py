@@ -169,8 +169,6 @@ def _starting_sample(name: str, x_T, schedule: _Schedule, batch_size, shape, see
             raise ValueError(f"{name} contains NaN or Inf")
         check_sample_range(sample_offset, x_T.shape[0])
         return x_T.to(device)
-    batch_size = check_int("batch_size", batch_size, 1)
-    check_sample_range(sample_offset, batch_size)
     return prior_sample(schedule.std, batch_size, shape, seed=seed, sample_offset=sample_offset, device=device,
                         backend=backend)
 

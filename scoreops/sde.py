@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .checks import check_int
+from .checks import check_int, check_sample_range
 from .noise import PRIOR_LANE
 
 
@@ -118,6 +118,7 @@ def prior_sample(marginal_prob_std, batch_size: int, shape=(1, 28, 28), *, seed:
     if device.type == "meta":
         raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
     batch_size = check_int("batch_size", batch_size, 1)
+    check_sample_range(check_int("sample_offset", sample_offset, 0), batch_size)
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:

@@ -423,7 +423,8 @@ def test_a_half_precision_scorenet_samples_from_a_half_precision_start(seed):
     want = samplers.em_sample(net, SDE, x_T=x_T, num_steps=4, seed=seed)
     got = samplers.em_sample(net.half(), SDE, x_T=x_T.half(), num_steps=4, seed=seed)
     assert got.dtype == torch.float16
-    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    # float16 rounding of the net and the state: 2.1e-3 of the largest value at worst over 10 seeds.
+    torch.testing.assert_close(got.float(), want, rtol=5e-3, atol=5e-3 * want.abs().max().item())
 
 
 def test_a_device_named_with_or_without_its_index_is_the_same_device():

@@ -107,6 +107,7 @@ def test_prior_lane_on_every_backend(backend, seed):
     ((2, 3), {}, TypeError, "shape must be a sequence of ints"),
     ((2, (1, 0)), {}, ValueError, "non-empty sequence of positive ints"),
     ((0, (1, 2)), {}, ValueError, "batch_size must be an int >= 1"),
+    ((2, (1, 2)), {"sample_offset": 2**32 - 1}, ValueError, "would repeat sample 0"),
     ((2, (1, 2)), {"device": "meta"}, ValueError, "meta device"),
 ])
 def test_bad_prior_sample_input(args, kw, error, match):
