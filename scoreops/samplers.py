@@ -10,10 +10,12 @@ with its noise drawn inside the op from the scoreops noise stream:
 * loop step k (k = 0 at t = 1) takes stream step k: lane 0 for the predictor, lane 1 + r for
   the r-th corrector step.
 
-So the same ``seed`` gives the same samples on every backend (to float rounding), and sample i
-does not depend on how many others are drawn beside it (for :func:`pc_sample` this needs
-``per_sample=True``, since the tutorial's corrector step size is a batch mean; the adaptive
-:func:`ode_sample` shares its step sizes across the batch).
+So the same ``seed`` draws the same noise on every backend, and sample i's noise does not depend
+on how many others are drawn beside it. Its result is bit-identical across batch sizes, shards
+and thread counts within one backend when the score model is itself batch-invariant; a conv net's
+float32 rounding depends on the batch and thread count, so there results agree to rounding (for
+:func:`pc_sample` this needs ``per_sample=True``, since the tutorial's corrector step size is a
+batch mean; the adaptive :func:`ode_sample` shares its step sizes across the batch).
 
 On CUDA the whole loop, score model included, is captured once as a CUDA graph and replayed
 (``cuda_graph``); the time schedule, the step coefficients, the seed and the step counters live

@@ -245,14 +245,46 @@ def test_same_ode_samples_on_every_backend(seed):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Run the test with 1 and with 2 torch threads, and restore the suite's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @pytest.mark.parametrize("name", list(SDE_SAMPLERS))
-def test_a_sample_does_not_depend_on_its_batch(name, seed):
-    model = gaussian_score()
-    run = SDE_SAMPLERS[name]
-    full = run(model, SDE, None, 7, STEPS, shape=SHAPE, seed=seed)
-    head = run(model, SDE, None, 3, STEPS, shape=SHAPE, seed=seed)
-    tail = run(model, SDE, None, 4, STEPS, shape=SHAPE, seed=seed, sample_offset=3)
-    torch.testing.assert_close(torch.cat([head, tail]), full)
+def test_a_sample_does_not_depend_on_its_batch(name, backend, threads, seed):
+    """With an elementwise (so batch-invariant) score model the stream and the fused steps are
+    bit-exact whatever the batch size, the shard and the thread count, within one backend.
+    7 samples of 1000 elements each: large enough that the C++ kernels split them between threads."""
+    skip_unless_runnable(backend, "cpu")
+    model, run, shape = gaussian_score(), SDE_SAMPLERS[name], (10, 100)
+    full = run(model, SDE, None, 7, STEPS, shape=shape, seed=seed, backend=backend)
+    head = run(model, SDE, None, 3, STEPS, shape=shape, seed=seed, backend=backend)
+    tail = run(model, SDE, None, 4, STEPS, shape=shape, seed=seed, sample_offset=3, backend=backend)
+    one = run(model, SDE, None, 1, STEPS, shape=shape, seed=seed, sample_offset=5, backend=backend)
+    assert torch.equal(torch.cat([head, tail]), full)
+    assert torch.equal(one, full[5:6])
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("name", list(SDE_SAMPLERS))
+def test_a_sample_does_not_depend_on_the_thread_count(name, backend, seed):
+    """Each element's update reads only that element; the per-sample norms sum tiles in a fixed
+    order: so with an elementwise score model 1 and 2 threads give the same bits."""
+    skip_unless_runnable(backend, "cpu")
+    before, got = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got.append(SDE_SAMPLERS[name](gaussian_score(), SDE, None, 7, STEPS, shape=(10, 100), seed=seed,
+                                          backend=backend))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got[0], got[1])
 
 
 @pytest.mark.parametrize("batch", [1, 3, 257])
