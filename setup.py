@@ -81,7 +81,8 @@ def _extension():
 
 
 setup(
-    packages=["scoreops", "scoreops.kernels", "scoreops.benchmarks"],
+    packages=["scoreops", "scoreops.core", "scoreops.ops", "scoreops.samplers", "scoreops.training",
+              "scoreops.evaluation", "scoreops.kernels", "scoreops.benchmarks"],
     # kernels/ and benchmarks/ stay top-level folders in the checkout (`python benchmarks/...`),
     # and install inside the package so that `scoreops bench` finds the benchmarks.
     package_dir={"scoreops": "scoreops", "scoreops.kernels": "kernels", "scoreops.benchmarks": "benchmarks"},

@@ -27,9 +27,10 @@ from typing import Callable
 
 import torch
 
-from scoreops import ops, reference, samplers
-from scoreops.models import ScoreNet, model_options
+from scoreops import ops, samplers
+from scoreops.evaluation import reference
 from scoreops.sde import VESDE
+from scoreops.training.models import ScoreNet, model_options
 
 try:
     from . import common

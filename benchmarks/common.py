@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 import scoreops
-from scoreops.checkpoint import atomic_write
+from scoreops.training.checkpoint import atomic_write
 
 # torch.utils.benchmark imports cpp_extension, which warns on every CPU-only machine that it
 # found no CUDA runtime; the benchmarks compile nothing with it.

@@ -1,6 +1,7 @@
 // scoreops._C: the op schemas (see docs/kernels.md), the input checks shared by the CPU and CUDA
 // kernels, and the module stub that makes `import scoreops._C` load this library.
 #include <Python.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <string>
@@ -88,6 +89,8 @@ void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::Ar
   check_data(op, y, "y");
   TORCH_CHECK_VALUE(!ks.empty() && ks.size() == coeffs.size(), op, ": need one ", coeffs_name,
                     " coefficient per stage: ", ks.size(), " stages, ", coeffs.size(), " coefficients");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(ks.size()) <= kMaxRkStages, op, ": at most ", kMaxRkStages,
+                    " Runge-Kutta stages per call, got ", ks.size());
   for (size_t j = 0; j < ks.size(); ++j) {
     const std::string name = "ks[" + std::to_string(j) + "]";
     check_like(op, ks[j], name.c_str(), y, "y");
@@ -106,6 +109,16 @@ StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Ten
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   return {batch, dim, check_coef(op, a, "a", x, batch), check_coef(op, b, "b", x, batch),
           check_coef(op, c, "c", x, batch)};
+}
+
+StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                                 const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step) {
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+  TORCH_CHECK_VALUE(x.is_contiguous(), "sde_step_: x must be contiguous; scoreops.ops.sde_step(..., inplace=True) "
+                    "writes a strided x through a copy");
+  // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
+  at::assert_no_partial_overlap(x, s);
+  return shape;
 }
 
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step) {

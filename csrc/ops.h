@@ -9,6 +9,10 @@
 
 namespace scoreops {
 
+// The most Runge-Kutta stages one rk_combine / rk_error_sq call takes, on every backend
+// (scoreops.core.checks.MAX_RK_STAGES; the Triton kernels take each stage as an argument).
+constexpr int64_t kMaxRkStages = 8;
+
 // How a step coefficient (a, b or c of sde_step) is indexed for element j of sample i.
 enum class CoefMode : int32_t {
   kScalar = 0,     // numel 1: value[0]
@@ -26,6 +30,10 @@ struct StepShape {
 // Each check raises c10::Error (RuntimeError/ValueError/TypeError in Python) naming the argument.
 StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                          const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step);
+// sde_step_ writes x in place: x must be contiguous (scoreops.ops.sde_step(inplace=True) writes
+// a strided x through a copy, the one fallback for every backend) and must not partly overlap s.
+StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                                 const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step);
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step);
 void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs);

@@ -12,7 +12,7 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from triton.language.extra import libdevice
 
-from scoreops.ops import check_float
+from scoreops.core.checks import check_batched, check_float  # noqa: F401  (re-exported to the wrappers)
 
 INTERPRETED: bool = triton.knobs.runtime.interpret
 """True when ``triton.jit`` makes interpreted kernels (``TRITON_INTERPRET=1``), which run on CPU tensors."""
@@ -124,13 +124,6 @@ def check_device(name: str, t: torch.Tensor) -> None:
     if t.device.type == "cpu" and not INTERPRETED:
         raise RuntimeError(f"{name} is a CPU tensor, but the Triton kernels run on CPU tensors only in Triton's "
                            "interpreter: set TRITON_INTERPRET=1 before triton is imported, or use a GPU tensor")
-
-
-def check_batched(name: str, t: torch.Tensor) -> None:
-    """``t`` is a float tensor with a leading batch dimension."""
-    check_float(name, t)
-    if t.dim() < 1:
-        raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
 
 
 def check_no_partial_overlap(name: str, out: torch.Tensor, t: torch.Tensor) -> None:

@@ -1,6 +1,6 @@
 """The scoreops noise stream in Triton: device functions every noisy kernel shares, and the raw ops.
 
-The stream is that of :mod:`scoreops.noise` (see ``docs/kernels.md``): Philox4x32-10 keyed by the
+The stream is that of :mod:`scoreops.core.noise` (see ``docs/kernels.md``): Philox4x32-10 keyed by the
 64-bit seed, counter ``(j // 4, sample_offset + i, step, lane)`` for element ``j`` of sample ``i``.
 Words come from ``tl.philox``; the word-to-uniform fold and Box-Muller are our own code, so a
 Triton upgrade cannot move the stream. One Philox call makes the four normals of one group of
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from scoreops import noise
+from scoreops.core import noise
 
 from ._common import (BLOCK_PAIRS, INTERPRETED, UINT32_MASK, block_size, check_counters, check_device,
                       check_index_range, triton_op, wrap_triton)

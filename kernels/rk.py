@@ -1,8 +1,9 @@
 """Runge-Kutta stage combination and error norm in Triton (the probability-flow ODE solver's passes).
 
-A kernel takes the stages as separate pointer arguments, up to ``MAX_STAGES`` with a nonzero
-coefficient (zero ones are dropped): enough for any explicit tableau scoreops uses (Dormand-Prince
-5(4) has 7 stages), and no copy of the stages into one tensor.
+A kernel takes the stages as separate pointer arguments, up to
+:data:`scoreops.core.checks.MAX_RK_STAGES` (8; stages with a zero coefficient are dropped): enough
+for any explicit tableau scoreops uses (Dormand-Prince 5(4) has 7 stages), and no copy of the
+stages into one tensor.
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
+from scoreops.core.checks import MAX_RK_STAGES, check_stages
+
 from ._common import (BLOCK_ELEMENTS, block_size, check_device, check_float, check_index_range, mul, round_to,
                       triton_op, wrap_triton)
-
-MAX_STAGES = 8
 
 
 @triton.jit
@@ -70,16 +71,10 @@ def rk_error_sq_kernel(partial_ptr, y_ptr, y_new_ptr, k0, k1, k2, k3, k4, k5, k6
 
 def _stage_args(y: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float]) -> tuple[list, list[float], int]:
     """Check the stages; returns (pointers, coefficients) of the nonzero-coefficient stages padded to
-    MAX_STAGES (padding never read), and their count."""
-    if len(ks) != len(coeffs):
-        raise ValueError(f"need one coefficient per stage: {len(ks)} stages, {len(coeffs)} coefficients")
-    for j, k in enumerate(ks):
-        check_float(f"ks[{j}]", k, like=y)
+    MAX_RK_STAGES (padding never read), and their count."""
+    check_stages(y, ks, coeffs)
     used = [(k.contiguous(), float(c)) for k, c in zip(ks, coeffs) if c != 0.0]
-    if len(used) > MAX_STAGES:
-        raise ValueError(f"the Triton kernels combine at most {MAX_STAGES} stages with nonzero coefficients, "
-                         f"got {len(used)}")
-    pad = MAX_STAGES - len(used)
+    pad = MAX_RK_STAGES - len(used)
     return [k for k, _ in used] + [y] * pad, [c for _, c in used] + [0.0] * pad, len(used)
 
 
@@ -96,7 +91,7 @@ def rk_combine(y: torch.Tensor, ks: list[torch.Tensor], coeffs: list[float], h: 
     Args:
         y: state, float32/float16/bfloat16, any shape and strides.
         ks: stage derivatives, each of y's shape, dtype and device.
-        coeffs: one float per stage; at most ``MAX_STAGES`` nonzero.
+        coeffs: one float per stage; at most ``MAX_RK_STAGES``.
         h: step size.
     Returns:
         A new contiguous tensor of y's shape and dtype, accumulated in float32.
@@ -123,7 +118,7 @@ def rk_error_sq(y: torch.Tensor, y_new: torch.Tensor, ks: list[torch.Tensor], e:
     Args:
         y, y_new: state before and after the step, same shape, dtype (float32/float16/bfloat16), device.
         ks: stage derivatives of y's shape, dtype and device; e: their error weights (at most
-            ``MAX_STAGES`` nonzero).
+            ``MAX_RK_STAGES``).
         h, atol, rtol: step size and tolerances.
     Returns:
         A float32 0-d tensor on y's device.

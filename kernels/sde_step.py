@@ -8,18 +8,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from scoreops.core.checks import COEF_LAYOUTS, coef_layout
 
-from scoreops.checks import COEF_LAYOUTS, coef_layout
-
-from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
-                      check_float, check_index_range, check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device, check_float,
+                      check_index_range, check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
 from .philox import stream_normals
 
 
 @triton.jit
 def load_coef(ptr, sample, offs, row_mask, mask, MODE: tl.constexpr):
     """A step coefficient as float32: ``ptr[0]``, ``ptr[sample]`` or ``ptr[offs]`` for MODE 0, 1
-    or 2, the index of its layout in ``scoreops.checks.COEF_LAYOUTS``; ``sample``/``row_mask`` are
+    or 2, the index of its layout in ``scoreops.core.checks.COEF_LAYOUTS``; ``sample``/``row_mask`` are
     ``[BLOCK, 1]``, ``offs``/``mask`` ``[BLOCK, 4]``.
     """
     if MODE == 0:
@@ -100,7 +99,7 @@ def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
         x: (B, ...) state, float32/float16/bfloat16; any strides.
         s: score (or drift), x's shape, dtype and device.
         a, b, c: float32 coefficients: one value, one per sample ((B,) or (B, 1, ..., 1)) or one
-            per element (x's shape); see :func:`scoreops.checks.coef_layout`.
+            per element (x's shape); see :func:`scoreops.core.checks.coef_layout`.
         seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
         lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
         add_noise: False gives the mean ``x + a*s``.
@@ -115,9 +114,10 @@ def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 @triton_op("scoreops::triton_sde_step_", mutates_args={"x"})
 def sde_step_(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
               seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> None:
-    """:func:`sde_step` written into x (in place when x is contiguous, else through a contiguous copy)."""
-    target = x.contiguous()
-    check_no_partial_overlap("s", target, s)
-    _sde_step_into(target, target, s, a, b, c, seed, step, lane, sample_offset, add_noise)
+    """:func:`sde_step` written into the contiguous x (``scoreops.ops.sde_step(..., inplace=True)``
+    writes a strided x through a copy, the one fallback for every backend)."""
     if not x.is_contiguous():
-        x.copy_(target)
+        raise ValueError("triton_sde_step_: x must be contiguous; scoreops.ops.sde_step(..., inplace=True) writes a "
+                         "strided x through a copy")
+    check_no_partial_overlap("s", x, s)
+    _sde_step_into(x, x, s, a, b, c, seed, step, lane, sample_offset, add_noise)

@@ -21,10 +21,11 @@ _EXPORTS = {
     "pc_sample": "samplers",
     "ode_sample": "samplers",
     "ODEResult": "samplers",
-    "sdeint": "ito_sde",
-    "ScoreNet": "models",
-    "EMA": "ema",
-    "load_model": "checkpoint",
+    "clear_graph_cache": "samplers",
+    "sdeint": "samplers",
+    "ScoreNet": "training.models",
+    "EMA": "training.ema",
+    "load_model": "training.checkpoint",
 }
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
+from . import __version__
 from .ops import BACKENDS
+from .training import distributed
 
 DEMO_TRAIN_STEPS = 4000
 # The commands that split their work between torchrun's processes.
@@ -57,7 +58,7 @@ def _comma_list(item):
 
 
 def _sampler_list(text: str) -> list[str]:
-    from .compare import SAMPLERS
+    from .evaluation.compare import SAMPLERS
 
     names = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [n for n in names if n not in SAMPLERS]
@@ -93,8 +94,8 @@ def _device(name: str | None) -> torch.device:
 
 def _load(checkpoint: str, raw_weights: bool, device: torch.device):
     """(model, config, sde, sample shape) of a checkpoint or run folder."""
-    from .checkpoint import load_model
     from .sde import VESDE
+    from .training.checkpoint import load_model
 
     model, config = load_model(checkpoint, ema=not raw_weights, device=device)
     shape = (config["in_channels"], config["image_size"], config["image_size"])
@@ -103,14 +104,14 @@ def _load(checkpoint: str, raw_weights: bool, device: torch.device):
 
 def _data_images(config: dict, data_dir: str | None) -> torch.Tensor:
     """The training images of the run described by a checkpoint's ``config``."""
-    from .data import load_images
+    from .training.data import load_images
 
     return load_images(config["dataset"], data_dir or config.get("data_dir"), config["image_size"])
 
 
 def _loss_runs(checkpoint: str) -> list[Path]:
     """The run folder of a checkpoint when it holds the run's ``loss.csv``, else nothing."""
-    from .checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
+    from .training.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
     run = folder.parent.parent
@@ -150,7 +151,7 @@ def write_samples(run, out: Path, info: dict) -> list[Path]:
     not clamped; the settings as metadata)."""
     from safetensors.torch import save_file
 
-    from .figures import save_grid
+    from .evaluation.figures import save_grid
 
     png = save_grid(run.samples, out / f"samples-{run.label}.png")
     metadata = {**{k: str(v) for k, v in info.items()}, "sampler": run.sampler, "steps": str(run.steps),
@@ -161,7 +162,7 @@ def write_samples(run, out: Path, info: dict) -> list[Path]:
 
 
 def cmd_train(args: argparse.Namespace) -> Path:
-    from . import train
+    from .training import train
 
     config = train.config_from_args(args)
     config.validate()  # before the output folder is made
@@ -173,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> Path:
 def cmd_sample(args: argparse.Namespace) -> Path:
     """Draw the samples; under torchrun each process draws its shard of the stream's samples
     (``sample_offset``) and rank 0 gathers and writes them all."""
-    from .compare import draw_samples
+    from .evaluation.compare import draw_samples
 
     with distributed.process_group(args.device) as (rank, world_size, device):
         if args.num_samples < world_size:
@@ -199,7 +200,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
 
 
 def cmd_import_tutorial(args: argparse.Namespace) -> Path:
-    from .checkpoint import import_tutorial
+    from .training.checkpoint import import_tutorial
 
     folder = import_tutorial(args.pth, args.out, sigma=args.sigma, data_dir=args.data_dir)
     print(f"imported {args.pth} as {folder}")
@@ -207,7 +208,7 @@ def cmd_import_tutorial(args: argparse.Namespace) -> Path:
 
 
 def cmd_figures(args: argparse.Namespace) -> Path:
-    from .figures import make_figures
+    from .evaluation.figures import make_figures
 
     device = _device(args.device)
     model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
@@ -224,8 +225,8 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
                 classifier_epochs: int, checkpoint: str) -> Path:
     """Compare the samplers on ``model`` (see :mod:`scoreops.compare`); writes ``compare.md``,
     ``compare.json`` and ``grids/<run>.png`` into ``out`` and returns the markdown's path."""
-    from . import compare, metrics
-    from .figures import save_grid
+    from .evaluation import compare, metrics
+    from .evaluation.figures import save_grid
 
     images, labels = compare.load_labelled(config["dataset"], data_dir or config.get("data_dir"),
                                            config["image_size"])
@@ -282,8 +283,9 @@ def cmd_bench(args: argparse.Namespace) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> Path:
-    from . import compare, train
-    from .figures import make_figures
+    from .evaluation import compare
+    from .evaluation.figures import make_figures
+    from .training import train
 
     out = output_folder(args.out)
     device = _device(args.device)
@@ -326,7 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
 # --------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``scoreops`` argument parser, with one subparser per command."""
-    from .compare import SAMPLERS
+    from .evaluation.compare import SAMPLERS
 
     parser = _Parser(prog="scoreops", description="Score-based diffusion with fused samplers: train a ScoreNet, "
                                                   "sample it, draw the paper's figures, compare the samplers.",
@@ -335,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
-    from .train import add_arguments as add_train_arguments
+    from .training.train import add_arguments as add_train_arguments
 
     p = commands.add_parser("train", help="train a ScoreNet by denoising score matching",
                             description="Train a ScoreNet; writes checkpoints/, loss.csv and loss.png into --out.")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .checks import check_int, check_sample_range
-from .noise import PRIOR_LANE
+from .core.checks import check_int, check_sample_range, default_device
+from .core.noise import PRIOR_LANE
 
 
 def _check_sigma(sigma) -> float:
@@ -112,9 +112,7 @@ def prior_sample(marginal_prob_std, batch_size: int, shape=(1, 28, 28), *, seed:
     Returns:
         float32 tensor of shape ``(batch_size, *shape)``.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = ops.canonical_device(device)
+    device = default_device(device)
     if device.type == "meta":
         raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
     batch_size = check_int("batch_size", batch_size, 1)

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-from scoreops import ops  # noqa: E402
+from scoreops.ops import backends  # noqa: E402
 
 # (backend, device) pairs under test. The cpu backend is always built and interpreted Triton
 # always runs on the CPU here, so for them a missing backend fails the test instead of skipping.
@@ -38,11 +38,32 @@ def skip_unless_runnable(backend: str, device: str) -> None:
         pytest.skip("needs a CUDA GPU")
     if backend == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    if backend == "triton" and device == "cpu" and (defect := ops._interpreter_defect()):
+    if backend == "triton" and device == "cpu" and (defect := backends._interpreter_defect()):
         pytest.skip(defect)
 
 
 @pytest.fixture
-def seed() -> int:
-    """A fresh 64-bit seed for each test (pytest shows it when a test fails)."""
-    return int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64).item())
+def seed(request) -> int:
+    """A fresh 64-bit seed for each test, or SCOREOPS_TEST_SEED's to reproduce a failure.
+
+    Every test's random inputs follow it (torch's global generator is seeded with it, below),
+    and a failing test's report shows it.
+    """
+    fixed = os.environ.get("SCOREOPS_TEST_SEED")
+    value = int(fixed) if fixed else int.from_bytes(os.urandom(8), "little", signed=True)
+    request.node.user_properties.append(("seed", str(value)))  # xdist serialises ints in 32 bits
+    return value
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(seed):
+    torch.manual_seed(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        for name, value in item.user_properties:
+            if name == "seed":
+                report.sections.append(("seed", f"seed = {value}; rerun with SCOREOPS_TEST_SEED={value}"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import scoreops
-from scoreops import ops, torch_ops
+from scoreops.ops import backends, torch_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 # The folder holding the scoreops this test imported (the source tree or site-packages), so that
@@ -29,8 +29,8 @@ OPS = ("built_with_cuda", "philox_bits", "philox_normal", "sde_step", "sde_step_
 
 @pytest.fixture(scope="module")
 def scoreops_c():
-    if ops._load_cpp() is not None:
-        pytest.fail(f"scoreops._C is not built: {ops._load_cpp()}")
+    if backends._load_cpp() is not None:
+        pytest.fail(f"scoreops._C is not built: {backends._load_cpp()}")
     import scoreops._C as ext
     return ext
 

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-
 from tutorial_net import tutorial_state
 
-from scoreops import figures, samplers
-from scoreops.checkpoint import load_model
+from scoreops import samplers
 from scoreops.cli import main
+from scoreops.evaluation import figures
 from scoreops.sde import VESDE
+from scoreops.training.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--channels", "8,16", "--embed-dim", "16", "--image-size", "8", "--batch-size", "16"]

@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from scoreops import compare, metrics
+from scoreops.evaluation import compare, metrics
 from scoreops.sde import VESDE
 
 SDE = VESDE(25.0)

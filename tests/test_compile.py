@@ -5,8 +5,8 @@ import torch
 from conftest import KERNEL_BACKENDS, skip_unless_runnable
 
 from scoreops import ops
-from scoreops.models import ScoreNet
 from scoreops.sde import VESDE
+from scoreops.training.models import ScoreNet
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
@@ -14,7 +14,7 @@ def test_compiled_em_loop_matches_the_eager_loop(backend, device, seed):
     skip_unless_runnable(backend, device)
     sde = VESDE(sigma=25.0)
     model = ScoreNet(sde.marginal_prob_std, channels=(8, 16, 16, 16), embed_dim=32, padding=1).to(device).eval()
-    step = ops.op("sde_step", ops.resolve_backend(backend, device))
+    step = ops.implementation("sde_step", ops.resolve_backend(backend, device))
     num_steps, batch = 6, 3
     ts = torch.linspace(1.0, 1e-3, num_steps, device=device)
     dt = float(ts[0] - ts[1])

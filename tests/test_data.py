@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from scoreops.data import DATASETS, load_images
+from scoreops.training.data import DATASETS, load_images
 
 
 def _write_idx(path, array):

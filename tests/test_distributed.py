@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import scoreops
-from scoreops import checkpoint as ckpt
+from scoreops.training import checkpoint as ckpt
 
 # The workers import the same scoreops as this process (the source tree or the installed one).
 PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])

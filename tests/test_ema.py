@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from scoreops.ema import EMA
+from scoreops.training.ema import EMA
 
 
 def _model():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from scoreops import figures
-from scoreops.compare import draw_samples
+from scoreops.evaluation import figures
+from scoreops.evaluation.compare import draw_samples
 from scoreops.sde import VESDE, prior_sample
 
 SDE = VESDE(25.0)

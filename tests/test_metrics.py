@@ -7,8 +7,8 @@ import scipy.stats
 import torch
 from sklearn.datasets import load_digits
 
-from scoreops import metrics
-from scoreops.data import load_images
+from scoreops.evaluation import metrics
+from scoreops.training.data import load_images
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import scipy.special
 import torch
-
-from scoreops.checkpoint import CheckpointError, import_tutorial, load_model, resolve_checkpoint
 from tutorial_net import tutorial_forward, tutorial_state
 
-from scoreops.models import ACTIVATIONS, PRESETS, ScoreNet, make_activation, model_options
 from scoreops.sde import marginal_prob_std
+from scoreops.training.checkpoint import CheckpointError, import_tutorial, load_model, resolve_checkpoint
+from scoreops.training.models import ACTIVATIONS, PRESETS, ScoreNet, make_activation, model_options
 
 STD = functools.partial(marginal_prob_std, sigma=25.0)
 

@@ -7,7 +7,8 @@ import torch
 from conftest import ALL_BACKENDS, KERNEL_BACKENDS, skip_unless_runnable
 from scipy import stats
 
-from scoreops import noise, ops
+from scoreops import ops
+from scoreops.core import noise
 
 # Philox4x32-10 known answers from the Random123 distribution (kat_vectors).
 RANDOM123_KAT = [

@@ -6,7 +6,10 @@ import pytest
 import torch
 from conftest import ALL_BACKENDS, KERNEL_BACKENDS, skip_unless_runnable
 
-from scoreops import ops, torch_ops
+from scoreops import ops
+from scoreops.core import checks
+from scoreops.core.checks import MAX_RK_STAGES
+from scoreops.ops import torch_ops
 
 SHAPES = [(1, 1), (5, 7), (1, 1000), (5, 4097), (5, 3, 32, 32), (2, 1, 28, 28)]
 # Tolerances for a float32 computation rounded to the output dtype: one output ulp, and for
@@ -59,7 +62,7 @@ def test_sde_step_matches_reference(backend, device, shape, dtype, coef_mode, se
         assert got.shape == x.shape and got.dtype == dtype and got.device == x.device
         torch.testing.assert_close(got.cpu(), want, **TOL[dtype])
     assert torch.equal(got.cpu(), torch_ops.sde_step(x.cpu(), s.cpu(), a.cpu(), b.cpu(), c.cpu(),
-                                                     ops.as_counter("seed", seed, torch.device("cpu")),
+                                                     checks.as_counter("seed", seed, torch.device("cpu")),
                                                      torch.tensor([step]), lane, offset, False))
 
 
@@ -172,14 +175,14 @@ def _op_cases(device):
 def test_opcheck(backend, device, name):
     skip_unless_runnable(backend, device)
     ops.resolve_backend(backend, device)  # loads the library that registers the op
-    packet = ops.op(name, backend)
+    packet = ops.implementation(name, backend)
     torch.library.opcheck(packet.default, _op_cases(device)[name])
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
 def test_ops_under_torch_compile_fullgraph(backend, device, seed):
     skip_unless_runnable(backend, device)
-    step_op = ops.op("sde_step", ops.resolve_backend(backend, device))
+    step_op = ops.implementation("sde_step", ops.resolve_backend(backend, device))
     x = torch.randn(4, 37, device=device)
     s = torch.randn_like(x)
     a, b, c = (torch.rand(1, device=device) for _ in range(3))
@@ -194,37 +197,85 @@ def test_ops_under_torch_compile_fullgraph(backend, device, seed):
 
 
 # --------------------------------------------------------------------------- bad input
+# --------------------------------------------------------------------------- gradients
+def _grads(fn, inputs, weight):
+    """d sum(weight * fn(*inputs)) / d inputs, by autograd."""
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*inputs)
+    return torch.autograd.grad((out * weight).sum(), inputs, allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("add_noise", [True, False])
 @pytest.mark.parametrize("coef_mode", ["scalar", "per_sample", "per_element"])
-def test_auto_differentiates_through_the_step(coef_mode, seed):
-    # out = x + a*s + b*z + c*(z*z - 1): d out / dx = 1, d out / ds = a, d out / da = s.
-    x, s = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
-    a = _coef(coef_mode, (3, 5), "cpu").requires_grad_()
-    out = ops.sde_step(x, s, a, 0.5, 0.1, seed=seed, step=2)
-    with torch.no_grad():
-        torch.testing.assert_close(out, ops.sde_step(x, s, a, 0.5, 0.1, seed=seed, step=2, backend="torch"))
-    weight = torch.randn_like(out)
-    (out * weight).sum().backward()
-    per = a.detach().reshape(-1, 1) if coef_mode == "per_sample" else a.detach()
-    torch.testing.assert_close(x.grad, weight)
-    torch.testing.assert_close(s.grad, weight * per)
-    want_a = (weight * s.detach()).sum(1) if coef_mode == "per_sample" else weight * s.detach()
-    torch.testing.assert_close(a.grad, want_a.sum().reshape(1) if coef_mode == "scalar" else want_a)
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_step_gradients_match_autograd_through_the_reference(backend, device, coef_mode, add_noise, seed):
+    """The registered gradients of a kernel against torch's autograd through the torch
+    reference: the same linear maths, so they agree to float32 rounding (the z of the noise
+    terms is made again in the backward pass, to a few ulp of the reference's)."""
+    skip_unless_runnable(backend, device)
+    x, s = torch.randn(3, 37, device=device), torch.randn(3, 37, device=device)
+    a, b, c = (_coef(coef_mode, (3, 37), device) for _ in range(3))
+    weight = torch.randn(3, 37, device=device)
+
+    def step(name):
+        return lambda *t: ops.sde_step(*t, seed=seed, step=2, lane=1, sample_offset=5, add_noise=add_noise,
+                                       backend=name)
+    got = _grads(step(backend), (x, s, a, b, c), weight)
+    want = _grads(step("torch"), (x, s, a, b, c), weight)
+    for name, g, w in zip("xsabc", got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
-def test_kernel_backends_refuse_inputs_that_need_gradients(backend, device, seed):
+def test_corrector_and_stage_gradients_match_autograd_through_the_reference(backend, device, seed):
     skip_unless_runnable(backend, device)
-    x = torch.randn(2, 3, device=device)
-    s = torch.randn(2, 3, device=device, requires_grad=True)
-    with pytest.raises(ValueError, match="has no gradients"):
-        ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend=backend)
-    with pytest.raises(ValueError, match="has no gradients"):
-        ops.langevin_correct(x, s, 0.16, seed=seed, step=0, backend=backend)
-    with pytest.raises(ValueError, match="has no gradients"):
-        ops.rk_combine(x, [s], [1.0], 0.5, backend=backend)
-    with torch.no_grad():  # sampling: nothing is recorded, so the kernels run
-        torch.testing.assert_close(ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend=backend).cpu(),
-                                   ops.sde_step(x, s, 0.1, 0.2, seed=seed, step=0, backend="torch").cpu())
+    x, s = torch.randn(4, 3, 5, device=device), torch.randn(4, 3, 5, device=device)
+    k2 = torch.randn(4, 3, 5, device=device)
+    weight = torch.randn(4, 3, 5, device=device)
+    for fn in (lambda name: lambda x, s: ops.langevin_correct(x, s, 0.16, seed=seed, step=1, noise_norm="sampled",
+                                                              backend=name),
+               lambda name: lambda x, s: ops.rk_combine(x, [s, k2], [0.3, -1.5], 0.25, backend=name)):
+        for g, w in zip(_grads(fn(backend), (x, s), weight), _grads(fn("torch"), (x, s), weight), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    got = _grads(lambda s: ops.sample_sq_norms(s, seed=seed, backend=backend), (s,), weight[:, :2, 0])
+    want = _grads(lambda s: ops.sample_sq_norms(s, seed=seed, backend="torch"), (s,), weight[:, :2, 0])
+    torch.testing.assert_close(got[0], want[0])
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_half_precision_step_gradients(backend, device, seed):
+    """In float16/bfloat16 the gradients come back in the inputs' dtype, rounded once from float32."""
+    skip_unless_runnable(backend, device)
+    for dtype in (torch.float16, torch.bfloat16):
+        x, s = (torch.randn(2, 9, device=device).to(dtype) for _ in range(2))
+        a = torch.rand(2, device=device)
+        weight = torch.randn(2, 9, device=device).to(dtype)
+        fn = [lambda *t, name=name: ops.sde_step(*t, 0.5, seed=seed, step=0, backend=name)
+              for name in (backend, "torch")]
+        for g, w in zip(_grads(fn[0], (x, s, a), weight), _grads(fn[1], (x, s, a), weight), strict=True):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, **({} if g.dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)))
+
+
+def test_inplace_step_under_autograd_records_a_copy(seed):
+    x = torch.randn(3, 4)
+    s = torch.randn(3, 4, requires_grad=True)
+    out = ops.sde_step(x, s, 0.5, 0.1, seed=seed, step=0, inplace=True, backend="cpu")
+    assert out is x
+    out.sum().backward()
+    torch.testing.assert_close(s.grad, torch.full_like(s, 0.5))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_one_stage_limit_on_every_backend(backend, device):
+    skip_unless_runnable(backend, device)
+    y = torch.randn(2, 5, device=device)
+    assert len(ops.rk_combine(y, [y] * MAX_RK_STAGES, [0.5] * MAX_RK_STAGES, 0.1, backend=backend)) == 2
+    with pytest.raises(ValueError, match=f"at most {MAX_RK_STAGES} Runge-Kutta stages"):
+        ops.rk_combine(y, [y] * (MAX_RK_STAGES + 1), [0.5] * (MAX_RK_STAGES + 1), 0.1, backend=backend)
+    if backend in ("cpu", "cuda"):  # the registered op checks it too
+        with pytest.raises(ValueError, match=f"at most {MAX_RK_STAGES} Runge-Kutta stages"):
+            torch.ops.scoreops.rk_combine(y, [y] * (MAX_RK_STAGES + 1), [0.5] * (MAX_RK_STAGES + 1), 0.1)
 
 
 def test_bad_inputs_get_clear_errors():
@@ -258,7 +309,7 @@ def test_bad_inputs_get_clear_errors():
         ops.langevin_correct(x, s, 0.16, seed=1, step=0, noise_norm="norm", backend="torch")
     with pytest.raises(ValueError, match="snr"):
         ops.langevin_correct(x, s, -0.1, seed=1, step=0, backend="torch")
-    with pytest.raises(ValueError, match="one stage coefficient per stage"):
+    with pytest.raises(ValueError, match="one coefficient per stage"):
         ops.rk_combine(x, [s, s], [1.0], 0.1, backend="torch")
 
 
@@ -359,7 +410,7 @@ def test_registered_ops_decide_the_coefficient_layout_by_shape(backend, device):
     x = torch.randn(4, 2, 2, device=device)
     seed, step = torch.tensor([1], device=device), torch.tensor([0], device=device)
     one, column = torch.ones(1, device=device), torch.arange(4.0, device=device).reshape(4, 1, 1)
-    step_op = ops.op("sde_step", backend)
+    step_op = ops.implementation("sde_step", backend)
     with pytest.raises(ValueError, match=r"a must be one value, one per sample .* got shape \(?\[?1, 2, 2"):
         step_op(x, x, torch.ones(1, 2, 2, device=device), one, one, seed, step, 0, 0, False)
     got = step_op(x, torch.ones_like(x), column, one, one, seed, step, 0, 0, False)

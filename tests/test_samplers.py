@@ -11,7 +11,10 @@ from mixture import GaussianMixture2D
 from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.rk import RK45
 
-from scoreops import noise, ops, reference, samplers
+from scoreops import samplers
+from scoreops.core import checks, noise
+from scoreops.evaluation import reference
+from scoreops.samplers import reverse_sde, schedule
 from scoreops.sde import VESDE, diffusion_coeff, marginal_prob_std
 
 SDE = VESDE(25.0)
@@ -293,7 +296,7 @@ def test_plan_rows_start_on_16_byte_boundaries(batch, seed):
     counter or time row were aligned differently from the warm-up steps', a CUDA-graph capture
     would meet a kernel variant not yet compiled. The copy a graph keeps must stay aligned too."""
     num_steps = 7
-    plan = samplers._make_plan(samplers._Schedule(SDE, None), num_steps, 1e-3, batch, torch.device("cpu"),
+    plan = reverse_sde.make_plan(schedule.Schedule(SDE, None), num_steps, 1e-3, batch, torch.device("cpu"),
                                torch.tensor([seed]), "milstein", "time", False)
     ts = torch.linspace(1.0, 1e-3, num_steps)
     want = dict(t=ts[:, None].expand(num_steps, batch), a=SDE.diffusion_coeff(ts.double())[:, None] ** 2 *
@@ -448,7 +451,7 @@ def test_numpy_scalars_are_accepted_as_numbers():
 
 
 def test_a_half_precision_scorenet_samples_from_a_half_precision_start(seed):
-    from scoreops.models import ScoreNet, model_options
+    from scoreops.training.models import ScoreNet, model_options
 
     net = ScoreNet(SDE.marginal_prob_std, **model_options("digits", channels=[8, 16], embed_dim=16)).eval()
     x_T = SDE.prior_sample(2, (1, 8, 8), seed=seed)
@@ -463,14 +466,14 @@ def test_a_device_named_with_or_without_its_index_is_the_same_device():
     # Tensors on "cpu:0" report "cpu" (and on "cuda" report "cuda:<current>"): the stream's
     # seed and step tensors must be found on the data's device either way.
     assert torch.equal(_em(device="cpu:0"), _em(device="cpu"))
-    assert ops.canonical_device("cpu:0") == torch.device("cpu")
-    assert ops.canonical_device("cuda:1") == torch.device("cuda", 1)
+    assert checks.canonical_device("cpu:0") == torch.device("cpu")
+    assert checks.canonical_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_cuda_without_an_index_means_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert ops.canonical_device("cuda") == torch.device("cuda", 3)
+    assert checks.canonical_device("cuda") == torch.device("cuda", 3)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -512,10 +515,10 @@ def test_bad_milstein_correction():
 def test_pc_uses_the_tutorials_float64_grid_and_em_its_float32_grid(seed):
     """The tutorial's pc_sampler makes its grid with np.linspace (float64), its EM sampler with
     torch.linspace (float32); the model sees float32 times either way."""
-    std = samplers._Schedule(SDE, None)
-    em = samplers._make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
+    std = schedule.Schedule(SDE, None)
+    em = reverse_sde.make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
                              False)
-    pc = samplers._make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
+    pc = reverse_sde.make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
                              True)
     grid32, grid64 = torch.linspace(1.0, 1e-3, 500), np.linspace(1.0, 1e-3, 500)
     assert torch.equal(em.t[:, 0], grid32) and torch.equal(pc.t[:, 0], torch.from_numpy(grid64).float())

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import skip_unless_runnable
 
-from scoreops import noise, ops
+from scoreops import ops
+from scoreops.core import noise
 from scoreops.sde import PRIOR_LANE, VESDE, diffusion_coeff, diffusion_coeff_dt, marginal_prob_std, prior_sample
 
 

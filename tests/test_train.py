@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import scoreops.train as train_mod
-from scoreops import checkpoint as ckpt
-from scoreops.data import load_images
+import scoreops.training.train as train_mod
 from scoreops.sde import marginal_prob_std
-from scoreops.train import add_arguments, config_from_args, dsm_loss
+from scoreops.training import checkpoint as ckpt
+from scoreops.training.data import load_images
+from scoreops.training.train import add_arguments, config_from_args, dsm_loss
 
 # A tiny net on the native 8x8 digits: a step takes milliseconds. A later option overrides these.
 TINY = ["--dataset", "digits", "--image-size", "8", "--preset", "digits", "--channels", "8,16", "--embed-dim", "16",

@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import skip_unless_runnable
 
-from scoreops import ops, torch_ops
+from scoreops import ops
+from scoreops.core import checks
+from scoreops.ops import torch_ops
 
 DEVICES = [pytest.param("cpu", id="triton-interp"), pytest.param("cuda", id="triton-cuda", marks=pytest.mark.cuda)]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,7 +27,7 @@ def _kernels(module: str, device: str):
 
 def _counters(seed: int, step: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     device = torch.device(device)
-    return ops.as_counter("seed", seed, device), ops.as_counter("step", step, device)
+    return checks.as_counter("seed", seed, device), checks.as_counter("step", step, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -97,7 +99,7 @@ def test_ops_check_their_own_arguments(device):
         T.triton_sample_sq_norms(x, seed_t.int(), step_t, 0, 0, True)
     with pytest.raises(ValueError, match="batch must be non-negative"):
         T.triton_philox_normal(seed_t, step_t, 0, 0, -1, 3)
-    with pytest.raises(ValueError, match="at most 8 stages"):
+    with pytest.raises(ValueError, match="at most 8 Runge-Kutta stages"):
         T.triton_rk_combine(x, [x] * 9, [1.0] * 9, 0.1)
     with pytest.raises(ValueError, match="one coefficient per stage"):
         T.triton_rk_error_sq(x, x, [x, x], [1.0], 0.1, 1e-3, 1e-3)

@@ -1,7 +1,6 @@
 // CPU kernels of the fused SDE step (sde_step, sde_step_) and of the per-sample norms of the
 // Langevin corrector (sample_sq_norms). Work is split into tiles of one sample's elements; each
 // tile makes its own noise, so a tile's result depends only on its own elements.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -14,12 +13,12 @@ namespace scoreops::cpu {
 namespace {
 
 // The noise-stream arguments shared by every tile of one call.
-struct Noise {
+struct StreamArgs {
   int64_t seed, step, lane, sample_offset;
   StreamKey key(int64_t row) const { return stream_key(seed, step, lane, sample_offset + row); }
 };
 
-Noise read_noise(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset) {
+StreamArgs host_stream_args(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset) {
   return {read_counter(seed), read_counter(step), lane, sample_offset};
 }
 
@@ -52,7 +51,7 @@ void mean_update_into(const float* x, const float* s, float a, int64_t n, float*
 // Writes the step of contiguous (B, D) x and s into out, which may be x itself.
 template <typename scalar_t>
 void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s, const Coef (&coef)[3],
-                   const Noise& noise, bool add_noise, scalar_t* out) {
+                   const StreamArgs& noise, bool add_noise, scalar_t* out) {
   for_each_tile(shape.batch, shape.dim, [&](int64_t, const Tile& t) {
     float xb[kTile], sb[kTile], ab[kTile], bb[kTile], cb[kTile], z[kTile], result[kTile];
     const int64_t offset = t.offset(shape.dim);
@@ -78,7 +77,7 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
 
 // Writes the step of x into out: contiguous, x's shape and dtype, possibly x itself.
 void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
-                  const at::Tensor& b, const at::Tensor& c, const Noise& noise, bool add_noise, at::Tensor& out) {
+                  const at::Tensor& b, const at::Tensor& c, const StreamArgs& noise, bool add_noise, at::Tensor& out) {
   if (x.numel() == 0) {
     return;
   }
@@ -98,21 +97,15 @@ at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& 
                     int64_t sample_offset, bool add_noise) {
   const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
   at::Tensor out = at::empty(x.sizes(), x.options());
-  run_sde_step(shape, x, s, a, b, c, read_noise(seed, step, lane, sample_offset), add_noise, out);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, out);
   return out;
 }
 
 void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                bool add_noise) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
-  // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
-  at::assert_no_partial_overlap(x, s);
-  if (x.is_contiguous()) {
-    run_sde_step(shape, x, s, a, b, c, read_noise(seed, step, lane, sample_offset), add_noise, x);
-  } else {
-    x.copy_(sde_step(x, s, a, b, c, seed, step, lane, sample_offset, add_noise));
-  }
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, x);
 }
 
 at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
@@ -124,7 +117,7 @@ at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at
     return out;
   }
   const at::Tensor sc = s.contiguous();
-  const Noise noise = read_noise(seed, step, lane, sample_offset);
+  const StreamArgs noise = host_stream_args(seed, step, lane, sample_offset);
   // Per-tile float32 sums, then each row's tiles in order in float64: the result does not
   // depend on the number of threads.
   std::vector<float> partial(static_cast<size_t>(batch * per_row * 2), 0.0f);

@@ -1,13 +1,20 @@
-"""Argument checks shared by the samplers, :func:`scoreops.sdeint` and the ops' backends, with
-one message style.
+"""Argument checks shared by every layer (the ops and their Triton wrappers, the samplers,
+training, the CLI), with one message style.
 
 Integers and floats may be Python or NumPy scalars; ``bool`` is refused where a number is asked for.
+Tensor checks read only shapes, dtypes and devices, so they also run on fake tensors under
+``torch.compile``.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import operator
+
+import torch
+
+#: The data dtypes of the ops; their arithmetic is float32.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _is_bool(v) -> bool:
@@ -74,3 +81,78 @@ def coef_layout(name: str, coef_shape, x_shape) -> str:
         return "per_sample"
     raise ValueError(f"{name} must be one value, one per sample (shape (B,) or (B, 1, ..., 1) with B = "
                      f"{x_shape[0]}) or one per element (x's shape {x_shape}), got shape {coef_shape}")
+
+
+def check_float(name: str, t, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Check that ``t`` is a floating tensor (fp32/fp16/bf16) matching ``like``'s shape/device/dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(f"{name} is on {t.device}, expected {like.device}")
+        if t.shape != like.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, expected {like.dtype}")
+    return t
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` as its tensors report it: ``"cuda"`` gets the current index, ``"cpu:0"`` loses its."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
+def default_device(device: torch.device | str | None = None) -> torch.device:
+    """``device``, or CUDA when available and else the CPU when it is None; in canonical form."""
+    return canonical_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
+    """``seed``/``step`` as a 1-element int64 tensor on ``device``; an int counts modulo 2**64
+    and must lie in [-2**63, 2**64)."""
+    if isinstance(v, torch.Tensor):
+        if v.dtype != torch.int64 or v.numel() != 1:
+            raise TypeError(f"{name} must be an int or a 1-element int64 tensor, "
+                            f"got {v.dtype} of shape {tuple(v.shape)}")
+        # The plain comparison first: this runs twice per op call of a sampler loop.
+        if v.device != device and canonical_device(v.device) != canonical_device(device):
+            raise ValueError(f"{name} is on {v.device} but the data is on {device}")
+        return v.reshape(1)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a 1-element int64 tensor, got {type(v).__name__}")
+    v = int(v)
+    if not -(1 << 63) <= v < 1 << 64:
+        raise ValueError(f"{name} must fit in 64 bits, [-2**63, 2**64), got {v}")
+    v &= (1 << 64) - 1
+    return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v], dtype=torch.int64, device=device)
+
+
+def check_batched(name: str, t) -> torch.Tensor:
+    """``t`` is a float tensor (see :func:`check_float`) with a leading batch dimension."""
+    check_float(name, t)
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
+    return t
+
+
+#: The most Runge-Kutta stages one rk_combine / rk_error_sq call takes, on every backend
+#: (Dormand-Prince needs 7; the Triton kernels take each stage as a pointer argument, and
+#: csrc/ops.h mirrors the number as kMaxRkStages).
+MAX_RK_STAGES = 8
+
+
+def check_stages(y, ks, coeffs, what: str = "stage") -> None:
+    """``ks`` is a non-empty list of at most :data:`MAX_RK_STAGES` tensors like ``y``, with one
+    ``what`` coefficient each."""
+    check_float("y", y)
+    if len(ks) != len(coeffs) or not ks:
+        raise ValueError(f"need one coefficient per stage: {len(ks)} stages, {len(coeffs)} {what} coefficients")
+    if len(ks) > MAX_RK_STAGES:
+        raise ValueError(f"at most {MAX_RK_STAGES} Runge-Kutta stages per call, got {len(ks)}")
+    for j, k in enumerate(ks):
+        check_float(f"ks[{j}]", k, like=y)

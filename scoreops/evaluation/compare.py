@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics, samplers
-from .data import load_images
-from .sde import VESDE
+from .. import samplers
+from ..sde import VESDE
+from ..training.data import load_images
+from . import metrics
 
 #: The samplers, in the order of the paper's Figure 4, then the paper's own.
 SAMPLERS = ("pc", "em", "ode", "milstein")

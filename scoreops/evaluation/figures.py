@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from .checks import check_int
+from ..core.checks import check_int
+from ..sde import VESDE, prior_sample
 from .compare import SAMPLERS, draw_samples
-from .sde import VESDE, prior_sample
 
 #: Sampler names as the figures print them.
 TITLES = {"pc": "PC", "em": "EM", "ode": "ODE", "milstein": "Milstein"}
@@ -178,7 +178,7 @@ def read_loss(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def run_title(run_dir: str | Path) -> str:
     """A loss panel's title: the run folder's name and, when it holds a checkpoint, the model
     options the paper's loss figures compare (time-embedding size, convolution padding)."""
-    from .checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
+    from ..training.checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
 
     name = Path(run_dir).resolve().name
     try:

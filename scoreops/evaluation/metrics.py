@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from ..training.checkpoint import atomic_write
 
 #: Bump when the classifier's architecture or training changes, so stale cache files are retrained.
 CLASSIFIER_VERSION = "1"

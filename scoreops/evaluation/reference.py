@@ -16,12 +16,9 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from .samplers import ODEResult
-from .sde import VESDE
-
-
-def _default_device(device):
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+from ..core.checks import default_device
+from ..samplers import ODEResult
+from ..sde import VESDE
 
 
 def _functions(marginal_prob_std, diffusion_coeff):
@@ -51,7 +48,7 @@ def _setup(marginal_prob_std, diffusion_coeff, batch_size, shape, device, x_T, n
     ``torch.linspace`` (float32) as its ``Euler_Maruyama_sampler`` makes it, or ``np.linspace``
     (float64) as its ``pc_sampler`` does."""
     marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device)
+    device = default_device(device)
     x = _start(x_T, marginal_prob_std, batch_size, shape, device)
     time_steps = (np.linspace(1.0, eps, num_steps) if float64_grid
                   else torch.linspace(1.0, eps, num_steps, device=device))
@@ -153,7 +150,7 @@ def ode_sampler(score_model, marginal_prob_std, diffusion_coeff=None, batch_size
     Returns x(eps) in float64, or with ``full_output`` an :class:`~scoreops.samplers.ODEResult`.
     """
     marginal_prob_std, diffusion_coeff = _functions(marginal_prob_std, diffusion_coeff)
-    device = _default_device(device)
+    device = default_device(device)
     init_x = _start(z, marginal_prob_std, batch_size, shape, device)
     x_shape = init_x.shape
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from . import noise
-from .checks import coef_layout
+from ..core import noise
+from ..core.checks import coef_layout
 
 
-def _int(t: torch.Tensor) -> int:
+def _host_counter(t: torch.Tensor) -> int:
+    """The value of a 1-element int64 seed or step tensor, read on the host."""
     return int(t.reshape(-1)[0].item())
 
 
@@ -27,13 +28,13 @@ def _per_sample_view(name: str, coef: torch.Tensor, x: torch.Tensor) -> torch.Te
 
 def philox_bits(seed, step, lane: int, sample_offset: int, batch: int, numel: int) -> torch.Tensor:
     """int32 tensor (batch, 4*ceil(numel/4)): the stream's uint32 words, bit-cast to int32."""
-    w = noise.philox_words(_int(seed), _int(step), lane, batch, numel, sample_offset, seed.device)
+    w = noise.philox_words(_host_counter(seed), _host_counter(step), lane, batch, numel, sample_offset, seed.device)
     return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
 
 
 def philox_normal(seed, step, lane: int, sample_offset: int, batch: int, numel: int) -> torch.Tensor:
     """float32 tensor (batch, numel) of standard normals from the stream."""
-    return noise.philox_normal(_int(seed), _int(step), lane, batch, numel, sample_offset, seed.device)
+    return noise.philox_normal(_host_counter(seed), _host_counter(step), lane, batch, numel, sample_offset, seed.device)
 
 
 def stream_noise_like(x: torch.Tensor, seed, step, lane: int, sample_offset: int) -> torch.Tensor:

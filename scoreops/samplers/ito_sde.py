@@ -12,8 +12,9 @@ import math
 
 import torch
 
-from . import noise, ops
-from .checks import check_choice, check_int, check_sample_range
+from .. import ops
+from ..core import noise
+from ..core.checks import as_counter, check_choice, check_float, check_int, check_sample_range
 
 METHODS = ("euler", "milstein")
 
@@ -83,7 +84,7 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
         RuntimeError: NaN or Inf in the path, naming the first grid time where it appeared.
     """
     check_choice("method", method, METHODS)
-    ops.check_float("x0", x0)
+    check_float("x0", x0)
     if x0.dim() < 1:
         raise ValueError("x0 must have a leading batch dimension, got a 0-d tensor")
     if diffusion_dx is not None and not callable(diffusion_dx):
@@ -94,7 +95,7 @@ def sdeint(drift, diffusion, x0: torch.Tensor, ts, method: str = "euler", diffus
     backend = ops.resolve_backend(backend, x0.device)
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-    seed = ops.as_counter("seed", seed, x0.device)
+    seed = as_counter("seed", seed, x0.device)
     # Times and step counters made on the device once: no host-to-device copy per step.
     times = torch.tensor(ts, dtype=torch.float64, device=x0.device)
     steps = torch.arange(len(ts) - 1, device=x0.device).reshape(-1, 1)

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checks import check_bool
+from ..core.checks import check_bool
+from ..sde import marginal_prob_std
 from .data import data_location
 from .ema import EMA
 from .models import ScoreNet, model_options
-from .sde import marginal_prob_std
 
 MODEL_FILE, EMA_FILE, OPTIM_FILE = "model.safetensors", "ema.safetensors", "optim.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"

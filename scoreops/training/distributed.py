@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ..core.checks import default_device
+
 
 def launched() -> bool:
     """Whether this process was started by torchrun with more than one process."""
@@ -35,7 +37,7 @@ def process_group(device: str | torch.device | None) -> Iterator[tuple[int, int,
     Yields ``(rank, world_size, device)``: ``device`` defaults to CUDA when available, else the CPU,
     and under torchrun a CUDA device is the one of this process's ``LOCAL_RANK``.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     if not dist.is_torchelastic_launched():
         yield 0, 1, device
         return

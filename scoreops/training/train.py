@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import functools
 import math
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -31,13 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from ..core.checks import check_choice, check_int
+from ..sde import marginal_prob_std
 from . import checkpoint as ckpt
-from .checks import check_choice, check_int
 from .data import DATASETS, data_location, load_images
 from .distributed import barrier, local_rank, mean_over_ranks, process_group
 from .ema import EMA
 from .models import ACTIVATIONS, PRESETS, ScoreNet, model_options
-from .sde import marginal_prob_std
 
 # The model each data set gets when --preset is not given.
 DEFAULT_PRESET = {"digits": "digits", "mnist": "tutorial", "fashion-mnist": "tutorial",
@@ -370,15 +369,3 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed :func:`add_arguments` options."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m scoreops.train ...`` (e.g. under torchrun): ``scoreops train ...``, with its
-    one-line errors and exit codes. ``argv`` defaults to ``sys.argv[1:]``."""
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

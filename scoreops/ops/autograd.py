@@ -1,0 +1,100 @@
+"""Gradients of the kernel ops, registered with :func:`torch.library.register_autograd`.
+
+The torch backend is plain torch and differentiates by itself; these formulas give the C++, CUDA
+and Triton ops the same gradients, so that a kernel backend can run under autograd:
+
+* ``sde_step``: ``out = x + a*s + b*z + c*(z*z - 1)`` is linear in x, s, a, b and c. The
+  backward pass makes z again from the stream (the same backend's ``philox_normal``) instead
+  of storing it.
+* ``sample_sq_norms``: column 0 is ``sum(s**2)`` per sample, so its gradient is ``2 s``; column 1
+  (the noise's norm) does not depend on s.
+* ``rk_combine``: ``y + h * sum_j c_j k_j`` is linear in y and every k_j.
+
+``rk_error_sq`` (a max and absolute values, used only to choose step sizes) and the raw stream
+ops have no gradient. Gradients are computed in float32 and returned in each input's dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.checks import coef_layout
+
+
+def _coef_view(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A step coefficient as float32 broadcasting against x viewed as (B, D)."""
+    layout = coef_layout("coefficient", coef.shape, x.shape)
+    return coef.float().reshape({"scalar": (1, 1), "per_sample": (x.shape[0], 1), "per_element": (x.shape[0], -1)}[
+        layout])
+
+
+def _reduce_to(coef: torch.Tensor, g: torch.Tensor, x_shape) -> torch.Tensor:
+    """A coefficient's gradient from the per-element products g (B, D) of x: summed over the
+    elements the coefficient is broadcast to, in the coefficient's shape and dtype."""
+    layout = coef_layout("coefficient", coef.shape, x_shape)
+    g = {"scalar": lambda: g.sum(), "per_sample": lambda: g.sum(dim=1), "per_element": lambda: g}[layout]()
+    return g.reshape(coef.shape).to(coef.dtype)
+
+
+def _sde_step_setup(ctx, inputs, output) -> None:
+    x, s, a, b, c, seed, step, lane, sample_offset, add_noise = inputs
+    ctx.save_for_backward(s, a, b, c, seed, step)
+    ctx.stream = (lane, sample_offset, add_noise)
+
+
+def _sde_step_backward(philox_normal):
+    def backward(ctx, grad):
+        s, a, b, c, seed, step = ctx.saved_tensors
+        lane, sample_offset, add_noise = ctx.stream
+        batch = grad.shape[0]
+        g = grad.float().reshape(batch, -1)
+        need_x, need_s, need_a, need_b, need_c = ctx.needs_input_grad[:5]
+        grads = [grad if need_x else None,
+                 (_coef_view(a, grad) * g).reshape(grad.shape).to(s.dtype) if need_s else None,
+                 _reduce_to(a, g * s.float().reshape(batch, -1), grad.shape) if need_a else None, None, None]
+        if add_noise and (need_b or need_c):
+            z = philox_normal(seed, step, lane, sample_offset, batch, g.shape[1]) if batch else g
+            grads[3] = _reduce_to(b, g * z, grad.shape) if need_b else None
+            grads[4] = _reduce_to(c, g * (z * z - 1.0), grad.shape) if need_c else None
+        return (*grads, None, None, None, None, None)
+    return backward
+
+
+def _sq_norms_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+
+
+def _sq_norms_backward(ctx, grad):
+    (s,) = ctx.saved_tensors
+    batch = s.shape[0]
+    g = 2.0 * s.float().reshape(batch, -1) * grad[:, :1].float()
+    return g.reshape(s.shape).to(s.dtype), None, None, None, None, None
+
+
+def _rk_combine_setup(ctx, inputs, output) -> None:
+    y, ks, coeffs, h = inputs
+    ctx.weights = [h * c for c in coeffs]
+    ctx.k_dtypes = [k.dtype for k in ks]
+
+
+def _rk_combine_backward(ctx, grad):
+    g = grad.float()
+    return grad, [(w * g).to(dtype) for w, dtype in zip(ctx.weights, ctx.k_dtypes, strict=True)], None, None
+
+
+def _register(prefix: str) -> None:
+    ops = torch.ops.scoreops
+    torch.library.register_autograd(f"scoreops::{prefix}sde_step", _sde_step_backward(
+        getattr(ops, f"{prefix}philox_normal")), setup_context=_sde_step_setup)
+    torch.library.register_autograd(f"scoreops::{prefix}sample_sq_norms", _sq_norms_backward,
+                                    setup_context=_sq_norms_setup)
+    torch.library.register_autograd(f"scoreops::{prefix}rk_combine", _rk_combine_backward,
+                                    setup_context=_rk_combine_setup)
+
+
+def register_triton_autograd() -> None:
+    """Register the gradients of the Triton ops (``scoreops.kernels`` must be imported)."""
+    _register("triton_")
+
+
+# Imported by the backend loader right after scoreops._C, whose ops this registers.
+_register("")

@@ -1,0 +1,73 @@
+"""The samplers' argument checks, their score-model check, and the starting sample x(1)."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ..core.checks import as_counter, check_float, check_sample_range, default_device
+from ..sde import prior_sample
+from .schedule import Schedule
+
+
+def sampling_device(device, x_T: torch.Tensor | None, name: str) -> torch.device:
+    """The sampling device; ``x_T`` (the starting sample, called ``name``) is checked here first."""
+    if x_T is not None:
+        check_float(name, x_T)
+    device = default_device(x_T.device if device is None and x_T is not None else device)
+    if device.type == "meta":
+        raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
+    if x_T is not None and x_T.device.type != device.type:
+        raise ValueError(f"{name} is on {x_T.device} but device={device}")
+    return device
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:
+        raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")
+    return float(eps)
+
+
+def seed_tensor(seed, device: torch.device) -> torch.Tensor:
+    """The seed as a (1,) int64 device tensor; None draws one from torch's default generator."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    return as_counter("seed", seed, device)
+
+
+def starting_sample(name: str, x_T, schedule: Schedule, batch_size, shape, seed, sample_offset, device,
+                     backend) -> torch.Tensor:
+    """``x_T`` checked, or the prior sample x(1) drawn from the stream."""
+    if x_T is not None:
+        if x_T.dim() < 1 or x_T.shape[0] == 0:
+            raise ValueError(f"{name} must have a non-empty leading batch dimension, got shape {tuple(x_T.shape)}")
+        if not torch.isfinite(x_T).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        check_sample_range(sample_offset, x_T.shape[0])
+        return x_T.to(device)
+    return prior_sample(schedule.std, batch_size, shape, seed=seed, sample_offset=sample_offset, device=device,
+                        backend=backend)
+
+
+def checked(score_model):
+    """score_model wrapped with checks of its output; used for its first call in a run."""
+    def score(x, t):
+        try:
+            s = score_model(x, t)
+        except RuntimeError as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise ValueError(f"score_model(x, t) failed for x of shape {tuple(x.shape)} = (batch_size, *shape) and "
+                             f"dtype {x.dtype}, t of dtype {t.dtype}: do shape and dtype match the model? ({e})") from e
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(f"score_model must return a tensor, got {type(s).__name__}")
+        if s.shape != x.shape:
+            raise ValueError(f"score_model returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}; "
+                             "the score must have x's shape")
+        if s.dtype != x.dtype:
+            raise TypeError(f"score_model returned {s.dtype} for x of dtype {x.dtype}; the score must have x's "
+                            "dtype (pass x_T in the model's dtype)")
+        if s.device != x.device:
+            raise ValueError(f"score_model returned a tensor on {s.device} for x on {x.device}")
+        return s
+    return score

@@ -1,0 +1,108 @@
+"""The SDE's functions as the samplers read them: ``std(t)``, ``g(t)`` and ``dg/dt`` from a
+:class:`~scoreops.sde.VESDE` or the tutorial's two functions, and the tutorial's time grid."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..sde import VESDE
+
+
+class Schedule:
+    """``std(t)``, ``g(t)`` and ``dg/dt`` as float64 CPU tensors, from a VESDE or two functions."""
+
+    def __init__(self, marginal_prob_std, diffusion_coeff):
+        if isinstance(marginal_prob_std, VESDE):
+            if diffusion_coeff is not None:
+                raise ValueError("pass either a VESDE as marginal_prob_std (and no diffusion_coeff), "
+                                 "or the two functions marginal_prob_std and diffusion_coeff")
+            sde = marginal_prob_std
+            self._std, self._g, self._dg_dt = sde.marginal_prob_std, sde.diffusion_coeff, sde.diffusion_coeff_dt
+            return
+        for name, fn in (("marginal_prob_std", marginal_prob_std), ("diffusion_coeff", diffusion_coeff)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a VESDE or a function of t, got {type(fn).__name__}")
+        self._std, self._g, self._dg_dt = marginal_prob_std, diffusion_coeff, None
+
+    @staticmethod
+    def _eval(name: str, fn, t: torch.Tensor) -> torch.Tensor:
+        """``fn`` at the float64 CPU times ``t``, as float64 of t's shape.
+
+        ``fn`` gets the whole grid, as the tutorial's functions take a batch of times; one that
+        does not map it elementwise (one value back, or an error) is called per time, with t of
+        shape (1,), as the tutorial calls it with a batch of equal times.
+        """
+        try:
+            out = _float64(fn(t))
+        except Exception as e:  # a real error is raised again by the per-time call below
+            if t.numel() == 1:
+                raise ValueError(f"{name}(t) failed for t of shape {tuple(t.shape)}: {e}") from e
+            out = None
+        if out is None or out.numel() != t.numel():
+            if t.numel() == 1:
+                raise ValueError(f"{name}(t) must return one value per time, got shape {tuple(out.shape)} "
+                                 f"for t of shape {tuple(t.shape)}")
+            out = torch.cat([Schedule._eval(name, fn, ti) for ti in t.reshape(-1, 1)])
+        out = out.reshape(t.shape)
+        if not torch.isfinite(out).all():
+            raise ValueError(f"{name} returned non-finite values for t in [{t.min():.4g}, {t.max():.4g}]")
+        return out
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return self._eval("marginal_prob_std", self._std, t)
+
+    def g(self, t: torch.Tensor) -> torch.Tensor:
+        return self._eval("diffusion_coeff", self._g, t)
+
+    def dg_dt(self, t: torch.Tensor) -> torch.Tensor:
+        """dg/dt: closed form for a VESDE, else autograd, else a central difference."""
+        if self._dg_dt is not None:
+            return self._eval("diffusion_coeff_dt", self._dg_dt, t)
+        return self._eval("the time derivative of diffusion_coeff", self._plain_dg_dt, t)
+
+    def _plain_dg_dt(self, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the probe's warnings, e.g. float() of a tensor needing grad
+            tg = t.clone().requires_grad_()
+            try:
+                raw = self._g(tg)
+            except Exception:  # e.g. numpy inside diffusion_coeff, which cannot take a tensor needing grad
+                raw = None
+            g = None if raw is None else torch.as_tensor(raw)
+            if g is not None and g.requires_grad and g.numel() == t.numel():
+                # g is elementwise in t, so the gradient of the sum is g'(t) at every t.
+                (dg,) = torch.autograd.grad(g.sum(), tg, allow_unused=True)
+                return torch.zeros_like(t) if dg is None else dg
+        # diffusion_coeff cuts the graph (the tutorial's wraps its result in torch.tensor), does
+        # not take a tensor that needs grad, or is not elementwise on the grid. The step balances
+        # truncation and the roundoff of the precision diffusion_coeff computes in.
+        h = torch.finfo(_precision(self._g(t[:1]) if raw is None else raw)).eps ** (1 / 3)
+        return (self.g(t + h) - self.g(t - h)) / (2 * h)
+
+
+def _precision(v) -> torch.dtype:
+    """The float type a function's value was computed in: float64 for Python floats and NumPy float64."""
+    name = str(getattr(v, "dtype", "float64")).removeprefix("torch.")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float64)
+
+
+def _float64(v) -> torch.Tensor:
+    """A function's value as a float64 CPU tensor."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(v, dtype=torch.float64)
+
+
+def time_grid(num_steps: int, eps: float, float64_grid: bool) -> tuple[torch.Tensor, float]:
+    """The tutorial's grid ``linspace(1, eps, num_steps)``: the model's float32 times and the step ``dt > 0``.
+
+    Its ``Euler_Maruyama_sampler`` makes the grid with ``torch.linspace`` in float32, its
+    ``pc_sampler`` with ``np.linspace`` in float64 (``float64_grid``); both feed the model float32 times.
+    """
+    grid = torch.from_numpy(np.linspace(1.0, eps, num_steps)) if float64_grid else torch.linspace(1.0, eps, num_steps)
+    dt = float(grid[0] - grid[1])
+    if dt <= 0:
+        raise ValueError(f"eps = {eps!r} is too close to 1: the grid of {num_steps} steps has dt = 0")
+    return grid.to(torch.float32), dt
