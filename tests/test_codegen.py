@@ -3,7 +3,7 @@
 Triton's interpreter, which runs the kernels' arithmetic in the other tests, never compiles them,
 so this is where a kernel that only the compiler rejects fails without a GPU. The CUDA kernels
 are read from the built scoreops._C. Both are checked for what the performance model
-(DESIGN.md) counts on: x, s and out move in whole 4-element vectors (16 bytes in float32) where
+(docs/design.md) counts on: x, s and out move in whole 4-element vectors (16 bytes in float32) where
 sizes allow, and nothing spills to local memory.
 
 The Triton kernels are compiled in a child process (this file run as a script): TRITON_INTERPRET,

@@ -39,7 +39,7 @@ CORRECTIONS = ("time", "ito")
 
 
 def _predictor_coefs(schedule: Schedule, ts: torch.Tensor, dt: float, predictor: str, correction: str):
-    """Per-step (a, b, c) of the predictor, float64 (N,) each (DESIGN.md section 2)."""
+    """Per-step (a, b, c) of the predictor, float64 (N,) each (docs/design.md, "The samplers")."""
     t = ts.to(torch.float64)
     if predictor == "reverse_diffusion":
         # Ancestral VE step: G**2 = std(t)**2 - std(t - dt)**2, with std(0) = 0 below the grid.
