@@ -11,11 +11,53 @@ Environment flags:
                               is embedded too, so newer GPUs JIT-compile it.
     CUDA_HOME                 toolkit root; defaults to /usr/local/cuda when that exists.
     MAX_JOBS                  parallel compile jobs (ninja).
+    CXX                       the C++ compiler (default: c++), GCC >= 10 or another C++20 compiler.
 """
 import glob
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 
 from setuptools import setup
+
+# torch 2.14 (requirements.txt) compiles extensions with -std=c++20, which GCC accepts from version 10.
+MIN_GCC = 10
+
+
+def _check_cxx_compiler() -> None:
+    """Stop with one line, not a compiler traceback, when the compiler that torch's BuildExtension
+    runs ($CXX, else c++) is missing, cannot compile C++ (gcc without g++), or is GCC < MIN_GCC.
+
+    One preprocessor run on an empty file: a few milliseconds.
+    """
+    compiler = os.environ.get("CXX", "c++")
+    fix = f"install g++ {MIN_GCC} or newer (e.g. `apt-get install g++`) or set CXX to a C++20 compiler"
+    where = "CXX" if "CXX" in os.environ else "the default C++ compiler"
+    try:
+        command = shlex.split(compiler)  # a launcher may come first, as in CXX="ccache g++"
+    except ValueError as e:
+        sys.exit(f"scoreops: CXX {compiler!r} is not a command line ({e}); {fix}")
+    if not command or shutil.which(command[0]) is None:
+        sys.exit(f"scoreops: building needs a C++ compiler, and {where} {compiler!r} is not found; {fix}")
+    try:
+        macros = subprocess.run([*command, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        sys.exit(f"scoreops: {where} {compiler!r} does not run ({e}); {fix}")
+    if macros.returncode != 0:
+        reason = (macros.stderr.strip().splitlines() or [f"exit code {macros.returncode}"])[0]
+        sys.exit(f"scoreops: {where} {compiler!r} cannot compile C++ ({reason}); {fix}")
+    defined = dict(line.split(" ", 2)[1:] for line in macros.stdout.splitlines()
+                   if line.startswith("#define ") and line.count(" ") >= 2)
+    gcc = defined.get("__GNUC__") if "__clang__" not in defined else None
+    if gcc is not None and gcc.isdigit() and int(gcc) < MIN_GCC:
+        sys.exit(f"scoreops: {where} {compiler!r} is GCC {gcc}; torch's headers need C++20, GCC {MIN_GCC} or "
+                 f"newer; {fix}")
+
+
+_check_cxx_compiler()
 
 if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
     # torch guesses CUDA_HOME from `which nvcc` (/usr/local on some machines), which fails at link time.

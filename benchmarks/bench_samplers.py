@@ -62,11 +62,12 @@ SAMPLERS = (*SDE_SAMPLERS, "ode")
 
 # Per device: batch, steps per model, ODE tolerance (atol = rtol) and timed runs per variant. The GPU
 # runs the tutorial's own settings; on a 2-core CPU the tutorial's 1e-5 costs ~900 score evaluations
-# per ODE run, so the CPU default is 1e-3 (~230), the same for both ODE samplers.
+# per ODE run, so the CPU default is 1e-3 (~230), the same for both ODE samplers. A spread needs
+# common.MIN_REPEATS runs, the smoke run's count.
 DEFAULTS = {
-    "cpu": dict(batch=16, steps={"tutorial": 50, "tiny": 200}, tol=1e-3, repeats=3),
-    "cuda": dict(batch=64, steps={"tutorial": 500, "tiny": 500}, tol=1e-5, repeats=3),
-    "quick": dict(batch=2, steps={"tutorial": 3, "tiny": 4}, tol=1e-2, repeats=1),
+    "cpu": dict(batch=16, steps={"tutorial": 50, "tiny": 200}, tol=1e-3, repeats=5),
+    "cuda": dict(batch=64, steps={"tutorial": 500, "tiny": 500}, tol=1e-5, repeats=5),
+    "quick": dict(batch=2, steps={"tutorial": 3, "tiny": 4}, tol=1e-2, repeats=common.MIN_REPEATS),
 }
 
 
@@ -106,8 +107,9 @@ def sampler_runs(sampler: str, model: ScoreNet, sde: VESDE, x_T: torch.Tensor, s
 
 
 def part_times(sampler: str, model: ScoreNet, x_T: torch.Tensor, variants: list[str], backend: str,
-               timing: dict) -> dict[str, tuple[float, float | None]]:
-    """Per variant, seconds of one model call and of one step's updates (None for the ODE).
+               timing: dict) -> dict[str, tuple[common.Timing, dict[str, common.Timing]]]:
+    """Per variant, the timing of one model call and of each update of one step (none for the ODE),
+    the latter by update name.
 
     The graph variant's parts are timed as CUDA-graph replays, as they run inside its loop.
     """
@@ -129,13 +131,29 @@ def part_times(sampler: str, model: ScoreNet, x_T: torch.Tensor, variants: list[
     for fn in fns.values():
         fn()
     times = common.median_times(fns, **timing)
-    return {v: (times[f"{v}/model"], sum(times[f"{v}/update{i}"] for i in range(len(updates))) if updates else None)
-            for v in variants}
+    return {v: (times[f"{v}/model"], {u: times[f"{v}/update{i}"] for i, u in enumerate(updates)}) for v in variants}
+
+
+# The figures of a row and the values they can take (see common.judge): the parts are times, the
+# overhead what the run leaves of them, and no part is more than the whole run; an impossible time
+# voids the figures computed from it.
+FIGURES = [
+    common.Figure("seconds", voids=("samples_per_s", "speedup_vs_eager", "model_share", "update_share",
+                                    "overhead_share")),
+    common.Figure("samples_per_s"), common.Figure("speedup_vs_eager"),
+    common.Figure("model_s", voids=("model_share",)), common.Figure("update_s", voids=("update_share",)),
+    common.Figure("overhead_s", strict=False, voids=("overhead_share", "overhead_per_step_ms")),
+    common.Figure("model_share", high=1.0), common.Figure("update_share", high=1.0),
+]
 
 
 def measure_sampler(sampler: str, model_name: str, model: ScoreNet, sde: VESDE, x_T: torch.Tensor, steps: int,
-                    tol: float, backend: str, repeats: int, timing: dict) -> list[dict]:
-    """Time every variant of one sampler on one model; one row per variant."""
+                    tol: float, backend: str, repeats: int, timing: dict, max_rel_iqr: float) -> list[dict]:
+    """Time every variant of one sampler on one model; one row per variant.
+
+    Runs are timed ``repeats`` times, the parts in ``timing["rounds"]`` rounds; every figure comes
+    from medians, and each row is judged by :func:`common.judge` against ``max_rel_iqr``.
+    """
     runs = sampler_runs(sampler, model, sde, x_T, steps, tol, backend)
     results, failed = {}, {}
     for name, run in runs.items():  # warm-up; graphs are captured here
@@ -147,7 +165,8 @@ def measure_sampler(sampler: str, model_name: str, model: ScoreNet, sde: VESDE, 
             warnings.warn(f"{model_name} {sampler} {name} failed: {common.error_text(e)}", RuntimeWarning)
             failed[name] = common.error_text(e)
     runs = {name: run for name, run in runs.items() if name not in failed}
-    seconds = common.median_run_times(runs, x_T.device, repeats=repeats)
+    run_timings = common.median_run_times(runs, x_T.device, repeats=repeats)
+    seconds = {name: t.median for name, t in run_timings.items()}
     parts = part_times(sampler, model, x_T, list(runs), backend, timing)
     batch, rows = x_T.shape[0], []
     for name in runs:
@@ -157,20 +176,25 @@ def measure_sampler(sampler: str, model_name: str, model: ScoreNet, sde: VESDE, 
         else:
             loop_steps = steps
             model_calls = nfe = steps * len(SDE_SAMPLERS[sampler].updates)
-        model_s = parts[name][0] * model_calls
-        update_s = None if parts[name][1] is None else parts[name][1] * loop_steps
+        model_call, update_calls = parts[name]
+        model_s = model_call.median * model_calls
+        update_s = sum(t.median for t in update_calls.values()) * loop_steps if update_calls else None
+        # Parts timed alone, on a loaded machine, can add up to more than the run: judge() marks that.
         overhead_s = seconds[name] - model_s - (update_s or 0.0)
-        rows.append({
+        row = {
             "model": model_name, "sampler": sampler, "variant": name, "backend": None if name == "eager" else backend,
             "batch": batch, "steps": loop_steps, "nfe": nfe, "tol": tol if sampler == "ode" else None,
-            "seconds": seconds[name], "samples_per_s": batch / seconds[name],
-            "speedup_vs_eager": seconds["eager"] / seconds[name],
+            "seconds": seconds[name], "samples_per_s": common.ratio(batch, seconds[name]),
+            "speedup_vs_eager": common.ratio(seconds["eager"], seconds[name]),
             "model_s": model_s, "update_s": update_s, "overhead_s": overhead_s,
-            "model_share": model_s / seconds[name],
-            "update_share": None if update_s is None else update_s / seconds[name],
-            "overhead_share": overhead_s / seconds[name],
+            "model_share": common.ratio(model_s, seconds[name]),
+            "update_share": None if update_s is None else common.ratio(update_s, seconds[name]),
+            "overhead_share": common.ratio(overhead_s, seconds[name]),
             "overhead_per_step_ms": 1e3 * overhead_s / loop_steps,
-        })
+        }
+        used = {"run": run_timings[name], **({"eager run": run_timings["eager"]} if name != "eager" else {}),
+                "model call": model_call, **{f"{u} update": t for u, t in update_calls.items()}}
+        rows.append(common.judge(row, used, FIGURES, max_rel_iqr))
     rows += [{"model": model_name, "sampler": sampler, "variant": name, "error": why} for name, why in failed.items()]
     return rows
 
@@ -181,7 +205,8 @@ COLUMNS = [
     common.Column("seconds", "s / run", "{:.3g}"), common.Column("samples_per_s", "samples/s", "{:.3g}"),
     common.Column("speedup_vs_eager", "x eager", "{:.2f}"), common.Column("model_share", "model", "{:.0%}"),
     common.Column("update_share", "update", "{:.0%}"), common.Column("overhead_share", "overhead", "{:.0%}"),
-    common.Column("overhead_per_step_ms", "overhead / step ms", "{:.3g}"), common.Column("error", "error"),
+    common.Column("overhead_per_step_ms", "overhead / step ms", "{:.3g}"), *common.RELIABILITY_COLUMNS,
+    common.Column("error", "error"),
 ]
 
 NOTES = """
@@ -191,8 +216,16 @@ float64, a numpy round trip per evaluation). `scoreops`: the fused samplers, pla
 rtol. `steps`: loop steps (accepted steps for the ODE); `nfe`: score-model calls. `model` and
 `update`: one call timed alone (as a graph replay for the graph variant) times the number of
 calls, as shares of the run; `overhead`: the rest (for the ODE it includes the Runge-Kutta
-arithmetic). Freshly initialised networks; medians of interleaved runs. `error`: why a variant
-or a sampler has no times.
+arithmetic). Freshly initialised networks. `error`: why a variant or a sampler has no times.
+
+Every time is the median of its repeats (`repeats` interleaved runs; the parts in `rounds`
+interleaved rounds), and every share and ratio is taken between medians. `rel. IQR`: the widest
+relative interquartile range ((75th - 25th percentile) / median of the repeats) of the timings a
+row uses (its runs, the eager runs, the model call, the updates). `reliable`: **no** when one of
+them spreads wider than `max_rel_iqr` of the settings or a figure is impossible (parts adding up
+to more than the run, a negative overhead, a time or ratio that is not positive and finite), with
+the reasons; an impossible figure prints as `invalid` (its value stays in the JSON's
+`impossible`). An unreliable row is not a result.
 """
 
 
@@ -206,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SDE sampler steps for every network (default: CPU tutorial 50, tiny 200; GPU 500)")
     parser.add_argument("--tol", type=float, default=None,
                         help="ODE atol = rtol for both ODE samplers (default 1e-3 on the CPU, 1e-5 on a GPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed runs per variant (default 5, {common.MIN_REPEATS} with --quick; "
+                             f"at least {common.MIN_REPEATS})")
     parser.add_argument("--backend", default="auto", help="scoreops backend (default: the fastest built one)")
     return parser
 
@@ -230,8 +265,8 @@ def main(argv: list[str] | None = None) -> tuple:
     model_names = _choices(args.models, MODELS, "--models")
     sampler_names = _choices(args.samplers, SAMPLERS, "--samplers")
     steps = {m: args.steps if args.steps is not None else defaults["steps"][m] for m in model_names}
-    if batch < 1 or min(steps.values()) < 2 or not tol > 0 or repeats < 1:
-        raise ValueError(f"need --batch >= 1, --steps >= 2, --tol > 0 and --repeats >= 1; "
+    if batch < 1 or min(steps.values()) < 2 or not tol > 0 or repeats < common.MIN_REPEATS:
+        raise ValueError(f"need --batch >= 1, --steps >= 2, --tol > 0 and --repeats >= {common.MIN_REPEATS}; "
                          f"got {batch}, {min(steps.values())}, {tol}, {repeats}")
     backend = ops.resolve_backend(args.backend, device)
 
@@ -242,7 +277,7 @@ def main(argv: list[str] | None = None) -> tuple:
     x_T = sde.prior_sample(batch, SHAPE, seed=0, device=device)
     settings = {"models": {m: model_options("tutorial", **MODELS[m]) for m in model_names}, "samplers": sampler_names,
                 "shape": SHAPE, "sigma": SIGMA, "batch": batch, "steps": steps, "ode_tol": tol, "backend": backend,
-                "repeats": repeats, "quick": args.quick, **timing}
+                "repeats": repeats, "quick": args.quick, **timing, **common.reliability_settings(args)}
     title = "Samplers end to end: scoreops vs the eager tutorial samplers"
     rows = []
     for model_name in model_names:
@@ -250,7 +285,7 @@ def main(argv: list[str] | None = None) -> tuple:
         for sampler in sampler_names:
             try:
                 sampler_rows = measure_sampler(sampler, model_name, model, sde, x_T, steps[model_name], tol, backend,
-                                               repeats, timing)
+                                               repeats, timing, args.max_rel_iqr)
             except Exception as e:  # noqa: BLE001  (one failing sampler must not cost the rest of the run)
                 warnings.warn(f"{model_name} {sampler} failed: {common.error_text(e)}", RuntimeWarning)
                 sampler_rows = [{"model": model_name, "sampler": sampler, "error": common.error_text(e)}]
@@ -259,6 +294,7 @@ def main(argv: list[str] | None = None) -> tuple:
             common.write_results(args.out, "samplers", title, info, settings, rows, COLUMNS, NOTES, finished=False)
         samplers.clear_graph_cache()
     paths = common.write_results(args.out, "samplers", title, info, settings, rows, COLUMNS, NOTES)
+    print(common.describe_reliability(common.reliability_summary(rows, args.max_rel_iqr), args.max_rel_iqr))
     print("wrote", *paths, flush=True)
     return paths
 

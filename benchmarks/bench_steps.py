@@ -190,11 +190,24 @@ def compiled_step(case: StepCase, args: tuple, options: dict) -> tuple[Callable[
     return (lambda: compiled(*args)), None
 
 
+# The figures of a row and the values they can take (see common.judge): every one is positive and
+# finite; an impossible time voids the figures computed from it.
+FIGURES = [
+    common.Figure("fused_ms", voids=("fused_gbps", "fraction_of_copy", "speedup_vs_eager", "speedup_vs_compile")),
+    common.Figure("eager_ms", voids=("eager_gbps", "speedup_vs_eager")),
+    *(common.Figure(f"{mode}_ms", voids=("speedup_vs_compile",)) for mode in COMPILE_MODES),
+    common.Figure("copy_gbps", voids=("fraction_of_copy",)),
+    *(common.Figure(key) for key in ("fused_gbps", "eager_gbps", "fraction_of_copy", "speedup_vs_eager",
+                                     "speedup_vs_compile")),
+]
+
+
 def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backends: list[str], *,
-                 compile_step: bool, rounds: int, min_run_time: float) -> list[dict]:
+                 compile_step: bool, rounds: int, min_run_time: float, max_rel_iqr: float) -> list[dict]:
     """Time one update at one size: eager, compiled, each backend and a copy, interleaved.
 
-    Returns one row per backend, with the eager and compiled times beside it.
+    Returns one row per backend, with the eager and compiled times beside it: medians of
+    ``rounds`` repeats, the row judged by :func:`common.judge` against ``max_rel_iqr``.
     """
     case, p = CASES[name], make_inputs(shape, device)
     numel = p.x.numel()
@@ -214,16 +227,17 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
         variants[backend] = lambda backend=backend: case.fused(p, backend)
     for fn in variants.values():
         fn()  # warm-up: kernel loading, allocator
-    times = common.median_times(variants, rounds=rounds, min_run_time=min_run_time)
+    timings = common.median_times(variants, rounds=rounds, min_run_time=min_run_time)
+    times = {variant: timing.median for variant, timing in timings.items()}
 
     step_bytes = case.bytes_per_element * numel
     copy_gbps = common.gb_per_s(common.COPY_BYTES_PER_ELEMENT * numel, times["copy"])
-    compiled_s = [times[mode] for mode in COMPILE_MODES if mode in times]
-    best_compile = min(compiled_s) if compiled_s else None
+    compiled = [mode for mode in COMPILE_MODES if mode in times]
+    best_compile = min(times[mode] for mode in compiled) if compiled else None
     rows = []
     for backend in backends:
         fused = times[backend]
-        rows.append({
+        row = {
             "op": name, "shape": common.format_shape(shape), "numel": numel, "backend": backend,
             "bytes_per_element": case.bytes_per_element,
             "fused_ms": 1e3 * fused, "eager_ms": 1e3 * times["eager"],
@@ -231,11 +245,14 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
             "fused_gbps": common.gb_per_s(step_bytes, fused),
             "eager_gbps": common.gb_per_s(step_bytes, times["eager"]),
             "copy_gbps": copy_gbps,
-            "fraction_of_copy": common.gb_per_s(step_bytes, fused) / copy_gbps,
-            "speedup_vs_eager": times["eager"] / fused,
-            "speedup_vs_compile": None if best_compile is None else best_compile / fused,
+            "fraction_of_copy": common.ratio(common.gb_per_s(step_bytes, fused), copy_gbps),
+            "speedup_vs_eager": common.ratio(times["eager"], fused),
+            "speedup_vs_compile": None if best_compile is None else common.ratio(best_compile, fused),
             "compile_errors": compile_errors,
-        })
+        }
+        used = {"fused": timings[backend], "eager": timings["eager"], "copy": timings["copy"],
+                **{mode: timings[mode] for mode in compiled}}
+        rows.append(common.judge(row, used, FIGURES, max_rel_iqr))
     return rows
 
 
@@ -247,7 +264,8 @@ COLUMNS = [
     common.Column("compile_aten_rng_ms", "compile (aten rng) ms", "{:.3g}"),
     common.Column("fused_gbps", "fused GB/s", "{:.3g}"), common.Column("copy_gbps", "copy GB/s", "{:.3g}"),
     common.Column("fraction_of_copy", "of copy", "{:.0%}"), common.Column("speedup_vs_eager", "x eager", "{:.2f}"),
-    common.Column("speedup_vs_compile", "x compile", "{:.2f}"), common.Column("error", "error"),
+    common.Column("speedup_vs_compile", "x compile", "{:.2f}"), *common.RELIABILITY_COLUMNS,
+    common.Column("error", "error"),
 ]
 
 NOTES = """
@@ -255,13 +273,21 @@ NOTES = """
 kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `compile`:
 `torch.compile(eager step, dynamic=False)`, inductor's own random numbers fused into its kernel;
 `compile (aten rng)` (CPU only): the same with `fallback_random=True`, aten's `randn_like` beside
-fused arithmetic. Each compiled per size and warmed up; medians of interleaved rounds. `em_mean`:
-EM's last step, the mean without noise, the same bytes as `em`. `error`: why a case has no times.
+fused arithmetic. Each compiled per size and warmed up. `em_mean`: EM's last step, the mean
+without noise, the same bytes as `em`. `error`: why a case has no times.
 GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
 whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
 per element), the floor of a memory-bound step, and `of copy` is fused GB/s over copy GB/s; where
 the last-level cache holds the tensors (see the caches above), that floor is the cache's.
 `x eager` is the eager time over the fused time, `x compile` the faster compiled time over it.
+
+Every time is the median of interleaved rounds (one sample per round; `rounds` in the settings),
+and every ratio is taken between medians. `rel. IQR`: the widest relative interquartile range
+((75th - 25th percentile) / median of the rounds) of the timings a row uses (fused, eager, copy,
+compiled). `reliable`: **no** when one of them spreads wider than `max_rel_iqr` of the settings
+or a figure is impossible (a time or ratio that is not positive and finite), with the reasons;
+an impossible figure prints as `invalid` (its value stays in the JSON's `impossible`). An
+unreliable row is not a result.
 """
 
 
@@ -305,13 +331,14 @@ def main(argv: list[str] | None = None) -> tuple:
     print(common.markdown_table([], COLUMNS), flush=True)
     settings = {"sizes": [common.format_shape(s) for s in shapes], "ops": names, "backends": backends,
                 "compile": args.compile, "quick": args.quick, "sigma": SIGMA, "t": T, "num_steps": NUM_STEPS,
-                "snr": SNR, **timing}
+                "snr": SNR, **timing, **common.reliability_settings(args)}
     title = "Step updates: fused scoreops ops vs the eager tutorial step"
     rows = []
     for shape in shapes:
         for name in names:
             try:
-                case_rows = measure_case(name, shape, device, backends, compile_step=args.compile, **timing)
+                case_rows = measure_case(name, shape, device, backends, compile_step=args.compile,
+                                         max_rel_iqr=args.max_rel_iqr, **timing)
             except Exception as e:  # noqa: BLE001  (one failing case, a kernel or memory, must not cost the rest)
                 warnings.warn(f"{name} at {common.format_shape(shape)} failed: {common.error_text(e)}", RuntimeWarning)
                 case_rows = [{"op": name, "shape": common.format_shape(shape), "error": common.error_text(e)}]
@@ -319,6 +346,7 @@ def main(argv: list[str] | None = None) -> tuple:
             rows += case_rows
             common.write_results(args.out, "steps", title, info, settings, rows, COLUMNS, NOTES, finished=False)
     paths = common.write_results(args.out, "steps", title, info, settings, rows, COLUMNS, NOTES)
+    print(common.describe_reliability(common.reliability_summary(rows, args.max_rel_iqr), args.max_rel_iqr))
     print("wrote", *paths, flush=True)
     return paths
 

@@ -1,7 +1,9 @@
 """Shared benchmark helpers: device naming, timing and result files.
 
-Every benchmark measures its variants side by side in one process and reports medians; the
-ratios between them are the result, the absolute times describe the machine they ran on.
+Every benchmark measures its variants side by side in one process, repeats each timing and
+reports its median and spread; the ratios between medians are the result, the absolute times
+describe the machine they ran on. A row whose timings spread too wide, or whose figures are
+impossible, is marked unreliable (:func:`judge`) rather than printed as a result.
 """
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,11 +154,13 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, float]]:
     """Apply the common arguments: the device, the output folder, torch's thread count, and the
-    timing settings.
+    timing settings; checks ``--max-rel-iqr``.
 
     Returns the device and ``{"rounds": ..., "min_run_time": ...}`` for :func:`median_times`.
     """
     device = resolve_device(args.device)
+    if not 0 < args.max_rel_iqr < math.inf:
+        raise ValueError(f"--max-rel-iqr must be a positive fraction such as 0.1, got {args.max_rel_iqr}")
     if args.out is None:
         args.out = default_out(args.quick)
     if args.threads is not None:
@@ -179,37 +183,91 @@ def resolve_device(name: str) -> torch.device:
 
 
 # --------------------------------------------------------------------------- timing
-def median_times(fns: dict[str, Callable[[], object]], *, rounds: int = 3,
-                 min_run_time: float = 0.2) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds.
+# A spread needs this many repeats; the command line asks for at least as many.
+MIN_REPEATS = 3
+# Above this relative interquartile range a timing is too noisy to read a ratio from.
+DEFAULT_MAX_REL_IQR = 0.10
+SPREAD_MEASURE = ("rel_iqr: (75th - 25th percentile) / median of a timing's repeats, percentiles by linear "
+                  "interpolation between the sorted repeats")
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0 <= q <= 1) of sorted values, linearly interpolated between neighbours."""
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def median_and_rel_iqr(samples: Iterable[float]) -> tuple[float, float]:
+    """The median of ``samples`` and their relative interquartile range ``(q75 - q25) / median``.
+
+    The spread is NaN where the median is not positive (no time can be). Raises ``ValueError``
+    on no samples.
+    """
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("a timing needs at least one sample")
+    median = _percentile(ordered, 0.5)
+    iqr = _percentile(ordered, 0.75) - _percentile(ordered, 0.25)
+    return median, iqr / median if median > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Repeated measurements of one duration: seconds per call, one sample per repeat."""
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        """Median seconds per call: the figure every derived number is computed from."""
+        return median_and_rel_iqr(self.samples)[0]
+
+    @property
+    def rel_iqr(self) -> float:
+        """Relative interquartile range of the repeats (see :func:`median_and_rel_iqr`)."""
+        return median_and_rel_iqr(self.samples)[1]
+
+    def as_json(self) -> dict[str, Any]:
+        """The timing for a results file (``rel_iqr`` None where undefined)."""
+        spread = self.rel_iqr
+        return {"median_s": self.median, "rel_iqr": spread if math.isfinite(spread) else None,
+                "repeats": len(self.samples), "samples_s": list(self.samples)}
+
+
+def median_times(fns: dict[str, Callable[[], object]], *, rounds: int = 5,
+                 min_run_time: float = 0.2) -> dict[str, Timing]:
+    """Seconds per call of each function, measured in interleaved rounds: one sample per round.
 
     Each round times every function once with ``torch.utils.benchmark.Timer.blocked_autorange``
-    (which synchronises the GPU around each block of calls); interleaving the rounds spreads a
-    change in the machine's load over all variants instead of one. Call each function once
+    (which synchronises the GPU around each block of calls) and keeps the median of its blocks;
+    interleaving the rounds spreads a change in the machine's load over all variants instead of
+    one, and the spread over rounds shows how much the load moved them. Call each function once
     before (warm-up: compilation, allocator, caches).
 
     Args:
         fns: name -> function of no arguments.
-        rounds: interleaved measurement rounds.
+        rounds: interleaved measurement rounds, the repeats of each timing.
         min_run_time: seconds of measurement per function and round.
     Returns:
-        name -> median seconds per call over all blocks of all rounds.
+        name -> :class:`Timing` with ``rounds`` samples.
     """
-    blocks: dict[str, list[float]] = {name: [] for name in fns}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-            blocks[name].extend(timer.blocked_autorange(min_run_time=min_run_time).times)
-    return {name: statistics.median(times) for name, times in blocks.items()}
+            samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: Timing(tuple(ts)) for name, ts in samples.items()}
 
 
 def median_run_times(fns: dict[str, Callable[[], object]], device: torch.device | str, *,
-                     repeats: int = 3) -> dict[str, float]:
-    """Median seconds per call of long-running functions (whole sampler runs), interleaved.
+                     repeats: int = 5) -> dict[str, Timing]:
+    """Seconds per call of long-running functions (whole sampler runs), interleaved.
 
     Each function is called ``repeats`` times, round-robin, each call timed alone between two
     device synchronisations; for calls of a second or more a host clock is exact enough and
     :func:`median_times`' block-size search would cost extra runs. Warm up each function first.
+    Returns name -> :class:`Timing` with ``repeats`` samples.
     """
     device = torch.device(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -220,7 +278,7 @@ def median_run_times(fns: dict[str, Callable[[], object]], device: torch.device 
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: Timing(tuple(ts)) for name, ts in times.items()}
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -246,9 +304,124 @@ def cuda_graphed(fn: Callable[[], object]) -> Callable[[], None]:
     return graph.replay
 
 
+def ratio(num: float, den: float) -> float:
+    """``num / den``, but infinite or NaN instead of an error where ``den`` is 0, for :func:`judge`
+    to mark: a timing of 0 must void a row, not stop the run."""
+    if den == 0:
+        return math.copysign(math.inf, num) if num else math.nan
+    return num / den
+
+
 def gb_per_s(num_bytes: float, seconds: float) -> float:
     """Throughput in GB/s (10**9 bytes per second)."""
-    return num_bytes / seconds / 1e9
+    return ratio(num_bytes, seconds) / 1e9
+
+
+# --------------------------------------------------------------------------- reliability
+@dataclass(frozen=True)
+class Figure:
+    """A figure of a result row and the values it can take.
+
+    Args:
+        key: the row key.
+        low: the lowest possible value: excluded when ``strict`` (a time or a ratio is above 0),
+            included otherwise (an overhead may be 0).
+        high: the highest possible value, included (a share of a run is at most 1).
+        voids: keys of figures computed from this one, void with it.
+    """
+    key: str
+    low: float = 0.0
+    high: float = math.inf
+    strict: bool = True
+    voids: tuple[str, ...] = ()
+
+    def why_impossible(self, value: float) -> str | None:
+        """None when ``value`` is possible, else a short reason naming the key."""
+        if not math.isfinite(value):
+            return f"{self.key} is {value}"
+        if value > self.high:
+            return f"{self.key} {value:.3g} > {self.high:g}"
+        if value < self.low or (self.strict and value == self.low):
+            return f"{self.key} {value:.3g} {'<=' if self.strict else '<'} {self.low:g}"
+        return None
+
+
+def judge(row: dict[str, Any], timings: dict[str, Timing], figures: Iterable[Figure],
+          max_rel_iqr: float) -> dict[str, Any]:
+    """Decide, in place, whether a measured row is a result; returns ``row``.
+
+    The row is unreliable when a timing it is computed from has fewer than :data:`MIN_REPEATS`
+    repeats or a relative interquartile range above ``max_rel_iqr``, or when one of its
+    ``figures`` is impossible (:meth:`Figure.why_impossible`). An impossible figure, and the ones
+    it voids, are set to None and their values kept under ``row["impossible"]``, so that no
+    table or reader takes them for a result.
+
+    Args:
+        row: the row's figures, computed from the medians of ``timings``.
+        timings: name (as the reasons print it) -> the row's :class:`Timing`.
+        figures: the row's figures that have bounds; keys missing or None in ``row`` are skipped.
+        max_rel_iqr: the widest relative interquartile range a reliable timing may have.
+    Adds to ``row``: ``timings`` (name -> :meth:`Timing.as_json`), ``rel_iqr`` (the widest of
+    them; None when one is undefined), ``reliable``, ``unreliable_reasons`` (short texts) and
+    ``impossible`` (key -> value, non-finite values as strings).
+    """
+    reasons = []
+    fewest = min(len(t.samples) for t in timings.values())
+    if fewest < MIN_REPEATS:
+        reasons.append(f"{fewest} repeats < {MIN_REPEATS}")
+    spreads = {name: t.rel_iqr for name, t in timings.items()}
+    wide = [f"{name} {format_percent(spread) if math.isfinite(spread) else 'undefined'}"
+            for name, spread in spreads.items() if not spread <= max_rel_iqr]  # NaN (a median <= 0) fails too
+    if wide:
+        reasons.append(f"rel. IQR > {format_percent(max_rel_iqr)}: {', '.join(wide)}")
+    impossible = {}
+    for figure in figures:
+        value = row.get(figure.key)
+        why = None if value is None else figure.why_impossible(value)
+        if why is None:
+            continue
+        reasons.append(why)
+        for key in (figure.key, *figure.voids):
+            if row.get(key) is not None:
+                impossible[key] = row[key] if math.isfinite(row[key]) else str(row[key])
+                row[key] = None
+    row.update(timings={name: t.as_json() for name, t in timings.items()},
+               rel_iqr=max(spreads.values()) if all(map(math.isfinite, spreads.values())) else None,
+               reliable=not reasons, unreliable_reasons=reasons, impossible=impossible)
+    return row
+
+
+def reliability_summary(rows: Iterable[dict[str, Any]], max_rel_iqr: float) -> dict[str, int]:
+    """Counts over the rows :func:`judge` marked (rows of failed cases are not counted): ``rows``,
+    ``unreliable``, and among those ``wide_spread``, ``impossible`` and ``too_few_repeats``."""
+    judged = [r for r in rows if "reliable" in r]
+    return {
+        "rows": len(judged),
+        "unreliable": sum(not r["reliable"] for r in judged),
+        "wide_spread": sum(r["rel_iqr"] is None or r["rel_iqr"] > max_rel_iqr for r in judged),
+        "impossible": sum(bool(r["impossible"]) for r in judged),
+        "too_few_repeats": sum(min(t["repeats"] for t in r["timings"].values()) < MIN_REPEATS for r in judged),
+    }
+
+
+def describe_reliability(summary: dict[str, int], max_rel_iqr: float) -> str:
+    """One sentence on :func:`reliability_summary`'s counts, for the tables and the console."""
+    if not summary["rows"]:
+        return "Reliability: no row was measured."
+    if not summary["unreliable"]:
+        return (f"Reliability: all {summary['rows']} measured rows are reliable (every timing's rel. IQR within "
+                f"{format_percent(max_rel_iqr)}, no impossible figure).")
+    causes = {"wide_spread": f"with a timing's rel. IQR above {format_percent(max_rel_iqr)}",
+              "impossible": f"with an impossible figure (shown as `{INVALID}`)",
+              "too_few_repeats": f"with fewer than {MIN_REPEATS} repeats"}
+    counted = "; ".join(f"{summary[kind]} {text}" for kind, text in causes.items() if summary[kind])
+    return (f"**Reliability: {summary['unreliable']} of {summary['rows']} measured rows are unreliable** "
+            f"({counted}): their figures are not results; rerun on a quieter machine.")
+
+
+def reliability_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings entries that say how rows were judged: the spread measure and its limit."""
+    return {"spread_measure": SPREAD_MEASURE, "max_rel_iqr": args.max_rel_iqr, "min_repeats": MIN_REPEATS}
 
 
 # --------------------------------------------------------------------------- sizes
@@ -291,17 +464,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved timing rounds (default 3, 1 with --quick)")
+                        help=f"interleaved timing rounds, the repeats of each timing (default 5, {MIN_REPEATS} "
+                             f"with --quick; at least {MIN_REPEATS})")
     parser.add_argument("--min-run-time", type=float, default=None,
                         help="seconds of timing per variant and round (default 0.2, 0.01 with --quick)")
+    parser.add_argument("--max-rel-iqr", type=float, default=DEFAULT_MAX_REL_IQR,
+                        help="a row whose timings spread wider than this relative interquartile range is marked "
+                             "unreliable (default: %(default)s)")
 
 
 def timing_settings(args: argparse.Namespace) -> dict[str, float]:
     """``rounds`` and ``min_run_time`` from the parsed common arguments."""
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    rounds = args.rounds if args.rounds is not None else (MIN_REPEATS if args.quick else 5)
     min_run_time = args.min_run_time if args.min_run_time is not None else (0.01 if args.quick else 0.2)
-    if rounds < 1 or min_run_time <= 0:
-        raise ValueError(f"--rounds must be >= 1 and --min-run-time > 0, got {rounds} and {min_run_time}")
+    if rounds < MIN_REPEATS or min_run_time <= 0:
+        raise ValueError(f"--rounds must be >= {MIN_REPEATS} (a spread needs that many repeats) and "
+                         f"--min-run-time > 0, got {rounds} and {min_run_time}")
     return {"rounds": rounds, "min_run_time": min_run_time}
 
 
@@ -315,10 +493,33 @@ class Column:
     fmt: str | Callable[[Any], str] = "{}"
 
     def cell(self, row: dict[str, Any]) -> str:
+        if self.key in row.get("impossible", ()):
+            return INVALID
         value = row.get(self.key)
         if value is None:
             return "-"
         return self.fmt(value) if callable(self.fmt) else self.fmt.format(value)
+
+
+def format_percent(fraction: float) -> str:
+    """A fraction as a percentage of at least three significant digits: 0.1 -> ``"10.0%"``,
+    9.23 -> ``"923%"``, 12.6 -> ``"1260%"``."""
+    percent = 100 * fraction
+    # "#" keeps trailing zeros (10.0, not 10) but also the point that rounding up to 100 leaves.
+    return f"{percent:.0f}%" if abs(percent) >= 100 else f"{percent:#.3g}".rstrip(".") + "%"
+
+
+# What a table prints for a figure the timings make impossible (see :func:`judge`).
+INVALID = "invalid"
+
+
+def _reliable_cell(reasons: list[str]) -> str:
+    return "**no**: " + "; ".join(reasons) if reasons else "yes"
+
+
+# The last columns of every benchmark's table, before ``error``: the widest spread and the verdict.
+RELIABILITY_COLUMNS = [Column("rel_iqr", "rel. IQR", format_percent),
+                       Column("unreliable_reasons", "reliable", _reliable_cell)]
 
 
 def format_count(n: int) -> str:
@@ -340,8 +541,9 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
     """Write ``<name>-<device slug>.json`` and ``.md`` under ``out_dir``; returns their paths.
 
     The JSON holds the machine (:func:`machine_info`, plus the load average at the end), the
-    settings, ``finished`` and every row; the markdown holds the title, the machine line, the
-    table of ``columns`` and ``notes``. A benchmark writes after every case with
+    settings, ``finished``, every row and the :func:`reliability_summary` (by ``settings["max_rel_iqr"]``);
+    the markdown holds the title, the machine line, the table of ``columns``, the summary
+    sentence and ``notes``. A benchmark writes after every case with
     ``finished=False``, so that a run stopped by a time limit still leaves what it measured.
     """
     # Written when the run is over: the load then says whether other work shared the machine with it.
@@ -351,9 +553,12 @@ def write_results(out_dir: str | os.PathLike, name: str, title: str, info: dict[
     stem = f"{name}-{slug(info['device_name'])}"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     # Replaced whole, never half-written: a time limit may stop the run at any moment.
-    result = {"benchmark": name, "finished": finished, "machine": info, "settings": settings, "rows": rows}
+    summary = reliability_summary(rows, settings["max_rel_iqr"])
+    result = {"benchmark": name, "finished": finished, "machine": info, "settings": settings, "rows": rows,
+              "reliability": summary}
     atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
-    parts = [f"# {title}", describe_machine(info), markdown_table(rows, columns)]
+    parts = [f"# {title}", describe_machine(info), markdown_table(rows, columns),
+             describe_reliability(summary, settings["max_rel_iqr"])]
     if not finished:
         parts.insert(2, "**Partial results: the run stopped before its last case.**")
     if notes:

@@ -1,7 +1,8 @@
 """Smoke tests of the benchmarks: each runs at a tiny size and writes consistent JSON and markdown.
 
 They check what the files say and that the derived numbers follow from the measured ones; they
-time nothing.
+time nothing. The statistics and the reliability flags are checked against numpy and on crafted
+timings.
 """
 import dataclasses
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,14 +44,53 @@ def _load(paths):
 
 
 def _check_markdown(md: str, result: dict, columns) -> list[list[str]]:
-    """The markdown names the machine and has one table row per JSON row; returns the cells."""
+    """The markdown names the machine, has one table row per JSON row, marks each measured row
+    reliable or not as the JSON does, and says how many are not; returns the cells."""
     assert result["machine"]["device_name"] in md
     header = "| " + " | ".join(c.header for c in columns) + " |"
     lines = md.splitlines()
     start = lines.index(header)
     rows = [line for line in lines[start + 2:] if line.startswith("|")]
     assert len(rows) == len(result["rows"])
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    reliable = [c.header for c in columns].index("reliable")
+    for row, r in zip(cells, result["rows"]):
+        if "reliable" in r:
+            assert row[reliable] == ("yes" if r["reliable"] else "**no**: " + "; ".join(r["unreliable_reasons"]))
+    max_rel_iqr = result["settings"]["max_rel_iqr"]
+    assert result["reliability"] == common.reliability_summary(result["rows"], max_rel_iqr)
+    assert common.describe_reliability(result["reliability"], max_rel_iqr) in md
+    return cells
+
+
+def _figure(row: dict, key: str) -> float:
+    """A derived figure of a row, also where judge() voided it as impossible (None where not measured)."""
+    return row[key] if row[key] is not None else row["impossible"].get(key)
+
+
+def _check_judged(row: dict, settings: dict, repeats: int) -> None:
+    """A measured row's timings hold their repeats, their medians and spreads agree with numpy,
+    and the verdict follows from them and from the impossible figures."""
+    for t in row["timings"].values():
+        samples = np.array(t["samples_s"])
+        assert t["repeats"] == len(samples) == repeats
+        assert t["median_s"] == pytest.approx(np.median(samples), rel=1e-12)
+        q25, q75 = np.percentile(samples, [25, 75])
+        assert t["rel_iqr"] == pytest.approx((q75 - q25) / np.median(samples), rel=1e-9, abs=1e-12)
+    assert row["rel_iqr"] == max(t["rel_iqr"] for t in row["timings"].values())
+    wide = row["rel_iqr"] > settings["max_rel_iqr"]
+    reasons = row["unreliable_reasons"]
+    assert any(reason.startswith("rel. IQR") for reason in reasons) == wide
+    named = [reason.split()[0] for reason in reasons if not reason.startswith("rel. IQR")]
+    assert set(row["impossible"]) == {key for name in named for key in (name, *_VOIDS[name])}
+    assert len(reasons) == wide + len(named)
+    assert row["reliable"] == (not reasons)
+    for key in row["impossible"]:
+        assert row[key] is None
+
+
+# The figures of both benchmarks that judge() bounds -> the figures each voids with it.
+_VOIDS = {f.key: f.voids for f in (*bench_steps.FIGURES, *bench_samplers.FIGURES)}
 
 
 @pytest.mark.parametrize("text, shape", [("64x1x28x28", (64, 1, 28, 28)), ("2^24", (64, 2**18)),
@@ -76,6 +117,129 @@ def test_markdown_table_formats_and_marks_missing_values():
     assert table.splitlines() == ["| A | B | N |", "|---|---|---|", "| x | 0.33 | 2^22 |", "| y | - | 50176 |"]
 
 
+@pytest.mark.parametrize("fraction, text", [(0.1, "10.0%"), (0.1044, "10.4%"), (0.02, "2.00%"), (0.9996, "100%"),
+                                            (9.226, "923%"), (12.58, "1258%")])
+def test_format_percent(fraction, text):
+    assert common.format_percent(fraction) == text
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 31])
+def test_median_and_rel_iqr_match_numpy(seed, n):
+    gen = torch.Generator().manual_seed(seed)
+    samples = (1e-3 * torch.rand(n, generator=gen, dtype=torch.float64) + 1e-4).tolist()
+    median, rel_iqr = common.median_and_rel_iqr(samples)
+    q25, q75 = np.percentile(samples, [25, 75])
+    assert median == pytest.approx(np.median(samples), rel=1e-12)
+    assert rel_iqr == pytest.approx((q75 - q25) / np.median(samples), rel=1e-9, abs=1e-12)
+    timing = common.Timing(tuple(samples))
+    assert (timing.median, timing.rel_iqr) == (median, rel_iqr)
+    assert timing.as_json() == {"median_s": median, "rel_iqr": rel_iqr, "repeats": n, "samples_s": samples}
+
+
+def test_rel_iqr_is_undefined_without_a_positive_median():
+    assert math.isnan(common.median_and_rel_iqr([0.0, 0.0, 1.0])[1])
+    assert common.Timing((0.0, -1.0, 0.0)).as_json()["rel_iqr"] is None
+    with pytest.raises(ValueError, match="at least one sample"):
+        common.median_and_rel_iqr([])
+
+
+@pytest.mark.parametrize("figure, value, possible", [
+    (common.Figure("t"), 1e-9, True), (common.Figure("t"), 0.0, False), (common.Figure("t"), -1.0, False),
+    (common.Figure("t"), math.inf, False), (common.Figure("t"), math.nan, False),
+    (common.Figure("o", strict=False), 0.0, True), (common.Figure("o", strict=False), -1e-9, False),
+    (common.Figure("share", high=1.0), 1.0, True), (common.Figure("share", high=1.0), 1.01, False),
+])
+def test_figure_bounds(figure, value, possible):
+    why = figure.why_impossible(value)
+    assert (why is None) == possible
+    if why is not None:
+        assert why.startswith(figure.key + " ")
+
+
+def _tight(median: float) -> common.Timing:
+    """Five repeats within 2 % of ``median``: rel. IQR 2 %."""
+    return common.Timing(tuple(median * f for f in (1.0, 0.99, 1.02, 1.01, 0.98)))
+
+
+def test_judge_passes_a_normal_row_and_flags_too_few_repeats():
+    row = common.judge({"t": 1.0, "ratio": 2.0}, {"a": _tight(1.0), "b": _tight(2.0)},
+                       [common.Figure("t"), common.Figure("ratio")], max_rel_iqr=0.05)
+    assert row["reliable"] is True and row["unreliable_reasons"] == [] and row["impossible"] == {}
+    assert row["rel_iqr"] == pytest.approx(0.02) and row["t"] == 1.0 and row["ratio"] == 2.0
+    row = common.judge({"t": 1.0}, {"a": common.Timing((1.0, 1.0))}, [common.Figure("t")], max_rel_iqr=0.05)
+    assert row["reliable"] is False and row["unreliable_reasons"] == [f"2 repeats < {common.MIN_REPEATS}"]
+
+
+def _fake_times(fused_samples):
+    """A stand-in for common.median_times: crafted timings, the fused backend's given."""
+    def median_times(fns, rounds, min_run_time):
+        made = {"eager": _tight(4e-3), "copy": _tight(1e-3)}
+        return {name: made.get(name, common.Timing(fused_samples)) for name in fns}
+    return median_times
+
+
+@pytest.mark.parametrize("case", ["normal", "wide", "zero"])
+def test_step_rows_are_judged_from_their_timings(monkeypatch, case):
+    fused = {"normal": _tight(2e-3).samples, "wide": (1e-3, 2e-3, 3e-3, 2e-3, 2.5e-3), "zero": (0.0,) * 5}[case]
+    monkeypatch.setattr(common, "median_times", _fake_times(fused))
+    (row,) = bench_steps.measure_case("em", (3, 5), torch.device("cpu"), ["cpu"], compile_step=False,
+                                      rounds=5, min_run_time=0.01, max_rel_iqr=0.1)
+    reasons = row["unreliable_reasons"]
+    if case == "normal":
+        assert row["reliable"] is True and reasons == [] and row["impossible"] == {}
+        assert row["fused_ms"] == pytest.approx(2.0) and row["speedup_vs_eager"] == pytest.approx(2.0)
+        assert row["fraction_of_copy"] == pytest.approx(12 / 8 * 1 / 2)
+    elif case == "wide":  # (2.5 - 2) / 2 = 25 %: printed, but not a result
+        assert row["reliable"] is False and reasons == ["rel. IQR > 10.0%: fused 25.0%"]
+        assert row["rel_iqr"] == pytest.approx(0.25) and row["impossible"] == {}
+        assert row["fused_ms"] == pytest.approx(2.0) and row["speedup_vs_eager"] == pytest.approx(2.0)
+    else:  # a time of 0: no division error, every figure from it void
+        assert row["reliable"] is False and row["rel_iqr"] is None
+        assert reasons[0] == "rel. IQR > 10.0%: fused undefined"
+        assert reasons[1:] == ["fused_ms 0 <= 0"]
+        assert row["impossible"] == {"fused_ms": 0.0, "fused_gbps": "inf", "fraction_of_copy": "inf",
+                                     "speedup_vs_eager": "inf"}
+        assert row["fused_ms"] is None and row["speedup_vs_eager"] is None and row["eager_ms"] > 0
+        assert row["copy_gbps"] == pytest.approx(8 * 15 / 1e-3 / 1e9)
+
+
+def test_a_negative_overhead_is_marked_and_not_printed(tmp_path, monkeypatch):
+    """Parts timed alone that add up to more than the run: the row stays, its overhead does not."""
+    run = {"eager": _tight(1.0), "scoreops": _tight(0.5)}
+    # eager: 3 model calls of 0.5 s in a 1 s run; scoreops: 3 x 0.1 s + 3 x 0.01 s of a 0.5 s run.
+    parts = {"eager": (_tight(0.5), {"em": _tight(0.01)}), "scoreops": (_tight(0.1), {"em": _tight(0.01)})}
+    monkeypatch.setattr(common, "median_run_times", lambda fns, device, repeats: {v: run[v] for v in fns})
+    monkeypatch.setattr(bench_samplers, "part_times", lambda sampler, model, x_T, variants, backend, timing: parts)
+    sde = bench_samplers.VESDE(bench_samplers.SIGMA)
+    model = bench_samplers.build_model("tiny", sde, torch.device("cpu"))
+    x_T = sde.prior_sample(2, bench_samplers.SHAPE, seed=0, device="cpu")
+    eager, fused = bench_samplers.measure_sampler("em", "tiny", model, sde, x_T, 3, 1e-2, "cpu", 5, {}, 0.1)
+
+    assert eager["reliable"] is False
+    assert eager["unreliable_reasons"] == ["overhead_s -0.53 < 0", "model_share 1.5 > 1"]
+    assert eager["impossible"] == pytest.approx({"overhead_s": -0.53, "overhead_share": -0.53,
+                                                 "overhead_per_step_ms": -530 / 3, "model_share": 1.5})
+    assert all(eager[key] is None for key in eager["impossible"])
+    assert eager["seconds"] == pytest.approx(1.0) and eager["model_s"] == pytest.approx(1.5)
+    assert fused["reliable"] is True and fused["impossible"] == {}
+    assert fused["overhead_s"] == pytest.approx(0.5 - 0.3 - 0.03) and fused["speedup_vs_eager"] == pytest.approx(2)
+
+    settings = {"max_rel_iqr": 0.1}
+    json_path, md_path = common.write_results(tmp_path, "samplers", "t", common.machine_info("cpu"), settings,
+                                              [eager, fused], bench_samplers.COLUMNS)
+    # Strict JSON: no NaN or Infinity.
+    result = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert result["reliability"] == {"rows": 2, "unreliable": 1, "wide_spread": 0, "impossible": 1,
+                                     "too_few_repeats": 0}
+    cells = _check_markdown(md_path.read_text(), result, bench_samplers.COLUMNS)
+    keys = [c.key for c in bench_samplers.COLUMNS]
+    for key in ("model_share", "overhead_share", "overhead_per_step_ms"):
+        assert cells[0][keys.index(key)] == common.INVALID
+        assert cells[1][keys.index(key)] not in (common.INVALID, "-")
+    assert "-53%" not in md_path.read_text() and "150%" not in md_path.read_text()
+    assert "1 of 2 measured rows are unreliable** (1 with an impossible figure" in md_path.read_text()
+
+
 def test_bench_steps_writes_consistent_results(tmp_path):
     ops = ["em", "langevin", "em_mean"]
     paths = bench_steps.main(["--quick", "--threads", "1", "--device", "cpu", "--no-compile", "--sizes", "3x5x7,2^6",
@@ -86,17 +250,24 @@ def test_bench_steps_writes_consistent_results(tmp_path):
     assert MACHINE_KEYS <= set(result["machine"])
     backends = bench_steps.fused_backends(torch.device("cpu"))
     assert "cpu" in backends and "torch" not in backends and "triton" not in backends
+    settings = result["settings"]
+    assert settings["rounds"] == common.MIN_REPEATS and settings["max_rel_iqr"] == common.DEFAULT_MAX_REL_IQR
+    assert "rel_iqr" in settings["spread_measure"]
     rows = result["rows"]
     assert [(r["shape"], r["op"], r["backend"]) for r in rows] == [
         (shape, op, b) for shape in ("3x5x7", "64x1") for op in ops for b in backends]
     for r in rows:
         assert r["numel"] == math.prod(int(d) for d in r["shape"].split("x"))
         assert r["bytes_per_element"] == (16 if r["op"] == "langevin" else 12)
-        assert r["fused_ms"] > 0 and r["eager_ms"] > 0 and r["copy_gbps"] > 0
+        _check_judged(r, settings, repeats=common.MIN_REPEATS)
+        assert set(r["timings"]) == {"fused", "eager", "copy"}
+        median_ms = {name: 1e3 * t["median_s"] for name, t in r["timings"].items()}
+        assert r["fused_ms"] == median_ms["fused"] > 0 and r["eager_ms"] == median_ms["eager"] > 0
         assert r["compile_ms"] is None and r["compile_aten_rng_ms"] is None and r["speedup_vs_compile"] is None
-        assert r["fused_gbps"] == pytest.approx(r["bytes_per_element"] * r["numel"] / (r["fused_ms"] * 1e6))
-        assert r["fraction_of_copy"] == pytest.approx(r["fused_gbps"] / r["copy_gbps"])
-        assert r["speedup_vs_eager"] == pytest.approx(r["eager_ms"] / r["fused_ms"])
+        assert _figure(r, "copy_gbps") == pytest.approx(8 * r["numel"] / (median_ms["copy"] * 1e6))
+        assert _figure(r, "fused_gbps") == pytest.approx(r["bytes_per_element"] * r["numel"] / (r["fused_ms"] * 1e6))
+        assert _figure(r, "fraction_of_copy") == pytest.approx(_figure(r, "fused_gbps") / _figure(r, "copy_gbps"))
+        assert _figure(r, "speedup_vs_eager") == pytest.approx(r["eager_ms"] / r["fused_ms"])
     cells = _check_markdown(md, result, bench_steps.COLUMNS)
     assert [row[:4] for row in cells] == [[r["op"], r["shape"], "105" if r["numel"] == 105 else "2^6", r["backend"]]
                                           for r in rows]
@@ -152,6 +323,8 @@ def test_bench_steps_records_a_failed_compile(tmp_path, monkeypatch):
     (["--backends", "nope"], ValueError, "backend"),
     (["--sizes", "3xx"], ValueError, "size"),
     (["--rounds", "0"], ValueError, "rounds"),
+    (["--rounds", str(common.MIN_REPEATS - 1)], ValueError, "rounds"),
+    (["--max-rel-iqr", "0"], ValueError, "max-rel-iqr"),
 ])
 def test_bench_steps_rejects_bad_arguments(tmp_path, argv, error, match):
     with pytest.raises(error, match=match):
@@ -175,23 +348,34 @@ def test_bench_samplers_writes_consistent_results(tmp_path):
     assert Path(paths[0]).name == f"samplers-{common.device_slug('cpu')}.json"
     assert result["finished"] is True and "Partial" not in md
     assert MACHINE_KEYS <= set(result["machine"])
-    assert result["settings"]["ode_tol"] == 1e-2
+    settings = result["settings"]
+    assert settings["ode_tol"] == 1e-2
+    assert settings["repeats"] == settings["rounds"] == common.MIN_REPEATS
     rows = result["rows"]
     assert [(r["sampler"], r["variant"]) for r in rows] == [(s, v) for s in samplers for v in ("eager", "scoreops")]
     for r in rows:
         assert r["model"] == "tiny" and r["batch"] == 2
-        assert r["seconds"] > 0 and r["model_s"] > 0
-        assert r["samples_per_s"] == pytest.approx(2 / r["seconds"])
-        parts = r["model_s"] + (r["update_s"] or 0.0) + r["overhead_s"]
+        _check_judged(r, settings, repeats=common.MIN_REPEATS)
+        timings = r["timings"]
+        updates = {"em": ["em"], "pc": ["langevin", "em"], "ode": []}[r["sampler"]]
+        assert set(timings) == {"run", "model call", *(f"{u} update" for u in updates),
+                                *(["eager run"] if r["variant"] != "eager" else [])}
+        assert r["seconds"] == timings["run"]["median_s"] > 0
+        assert _figure(r, "model_s") == pytest.approx(timings["model call"]["median_s"] * r["nfe"])
+        assert _figure(r, "samples_per_s") == pytest.approx(2 / r["seconds"])
+        parts = _figure(r, "model_s") + (_figure(r, "update_s") or 0.0) + _figure(r, "overhead_s")
         assert parts == pytest.approx(r["seconds"])
-        assert r["overhead_per_step_ms"] == pytest.approx(1e3 * r["overhead_s"] / r["steps"])
+        assert _figure(r, "overhead_per_step_ms") == pytest.approx(1e3 * _figure(r, "overhead_s") / r["steps"])
+        assert (_figure(r, "overhead_s") < 0) == ("overhead_s" in r["impossible"])
         if r["sampler"] == "ode":
             assert r["update_s"] is None and r["steps"] >= 1 and r["nfe"] >= 6 * r["steps"]
         else:
-            assert r["steps"] == 3 and r["nfe"] == 3 * (2 if r["sampler"] == "pc" else 1) and r["update_s"] > 0
+            assert r["steps"] == 3 and r["nfe"] == 3 * len(updates) and _figure(r, "update_s") > 0
+            assert _figure(r, "update_s") == pytest.approx(
+                sum(timings[f"{u} update"]["median_s"] for u in updates) * r["steps"])
     eager = {r["sampler"]: r["seconds"] for r in rows if r["variant"] == "eager"}
     for r in rows:
-        assert r["speedup_vs_eager"] == pytest.approx(eager[r["sampler"]] / r["seconds"])
+        assert _figure(r, "speedup_vs_eager") == pytest.approx(eager[r["sampler"]] / r["seconds"])
     cells = _check_markdown(md, result, bench_samplers.COLUMNS)
     assert [row[:3] for row in cells] == [[r["model"], r["sampler"], r["variant"]] for r in rows]
 

@@ -1,6 +1,7 @@
 """The built extension scoreops._C: its op registry, its build configuration (CUDA kernels when
 a toolkit was there, torch's OpenMP runtime, nothing of the GPU needed by the CPU kernels), and
-CPU results that do not depend on the thread count.
+CPU results that do not depend on the thread count; and setup.py's one-line refusal to build
+without a usable C++ compiler.
 
 The CPU-only build itself (SCOREOPS_CUDA=0) takes a minute or two on two cores, so it runs only
 with SCOREOPS_TEST_BUILD=1.
@@ -154,3 +155,73 @@ def test_an_unbuilt_source_checkout_says_it_shadows_the_installed_package(tmp_pa
     assert proc.stdout.strip() == "['torch']"
     warned = "source checkout" in proc.stderr and "build_ext --inplace" in proc.stderr
     assert warned == (is_checkout and not broken_build), proc.stderr
+
+
+# setup.py's compiler check runs before anything is built, on a copy of the build files alone.
+NO_COMPILER = "building needs a C++ compiler, and"
+FIX = "install g++ 10 or newer (e.g. `apt-get install g++`) or set CXX to a C++20 compiler"
+
+
+def _build_files(folder: Path) -> Path:
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, folder / name)
+    return folder
+
+
+def _fake_compiler(folder: Path, script: str) -> str:
+    """An executable that answers the check's preprocessor run as ``script`` (sh) does."""
+    path = folder / "fake-c++"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX PATH and sh scripts")
+@pytest.mark.skipif(subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0,
+                    reason="no pip in this environment")
+def test_pip_install_without_a_compiler_stops_with_one_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _build_files(src)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "CXX"}, "PATH": str(empty)}
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+                           "-w", str(tmp_path / "wheels"), str(src)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    want = f"scoreops: {NO_COMPILER} the default C++ compiler 'c++' is not found; {FIX}"
+    assert want in [line.strip() for line in output.splitlines()], output
+    assert "Traceback" not in output, output
+    assert not list(tmp_path.glob("wheels/*.whl"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sh scripts as compilers")
+@pytest.mark.parametrize("script,error", [
+    (None, f"{NO_COMPILER} CXX '{{cxx}}' is not found; {FIX}"),
+    ("echo 'cc1plus: not found' >&2; exit 1", f"CXX '{{cxx}}' cannot compile C++ (cc1plus: not found); {FIX}"),
+    ("echo '#define __GNUC__ 9'", f"CXX '{{cxx}}' is GCC 9; torch's headers need C++20, GCC 10 or newer; {FIX}"),
+    ("echo '#define __GNUC__ 10'", None),
+    ("echo '#define __clang__ 1'; echo '#define __GNUC__ 4'", None),  # clang reports GCC 4.2 compatibility
+], ids=["missing", "no-c++-frontend", "gcc-9", "gcc-10", "clang"])
+def test_setup_checks_the_compiler_named_by_cxx(tmp_path, script, error):
+    cxx = _fake_compiler(tmp_path, script) if script else str(tmp_path / "no-such-c++")
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=_build_files(tmp_path), capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CXX": cxx})
+    if error is None:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["scoreops"]
+    else:
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == "scoreops: " + error.format(cxx=cxx)
+        assert proc.stdout == ""
+
+
+@pytest.mark.skipif(shutil.which((os.environ.get("CXX", "c++").split() or [""])[0]) is None,
+                    reason="no C++ compiler here")
+def test_setup_accepts_this_machines_compiler(tmp_path):
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=_build_files(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["scoreops"]
