@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import scoreops
-from scoreops import ops, samplers
+from scoreops import samplers
+from scoreops.ops import backends
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])
@@ -144,10 +145,10 @@ def plain_environment(monkeypatch):
     """The environment of a user's shell: without conftest's TRITON_INTERPRET, which would list
     an interpreted Triton among the CPU backends."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    ops._backends_for.cache_clear()
+    backends._backends_for.cache_clear()
     yield
     monkeypatch.undo()
-    ops._backends_for.cache_clear()
+    backends._backends_for.cache_clear()
 
 
 @pytest.mark.slow  # a tiny training run where the section has one: ~15 s on 2 cores, mostly imports
