@@ -5,27 +5,39 @@ Every subcommand writes into one output folder (``--out``), shows progress bars 
 and prints the folder when it is done. Expected failures (a missing checkpoint or data set, an
 output folder that cannot be written, a bad option) end with one line on stderr,
 ``scoreops: error: <message>``, and exit code 2; ``scoreops --debug ...`` shows the traceback.
-``train`` and ``sample`` also run under ``torchrun``, split between its processes.
+``train`` and ``sample`` also run under ``torchrun``, split between its processes. The commands
+that compute (all but ``import-tutorial`` and ``bench``, whose benchmarks have their own
+``--threads``) print their torch CPU thread count at start and take ``--threads``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import math
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import __version__
+from .core.checks import default_device
 from .ops import BACKENDS
 from .training import distributed
+
+if TYPE_CHECKING:
+    from .training.train import TrainConfig
 
 DEMO_TRAIN_STEPS = 4000
 # The commands that split their work between torchrun's processes.
 DISTRIBUTED_COMMANDS = ("train", "sample")
+# A container's CPU quota under cgroup v2: "<quota> <period>" in microseconds, or "max <period>".
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, ArithmeticError)
 
@@ -38,22 +50,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(kind: type, low, what: str, example: str, *, strict: bool = False):
-    """An argparse type: one ``kind`` value (int or float) >= ``low`` (> ``low`` when ``strict``)."""
+    """An argparse type: one finite ``kind`` value (int or float) >= ``low`` (> ``low`` when
+    ``strict``). Its error names ``what`` is expected and gives ``example``, a value that fits."""
     def parse(text: str):
         try:
             value = kind(text)
+            fits = (kind is int or math.isfinite(value)) and (value > low if strict else value >= low)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}") from None
-        if not (value > low if strict else value >= low):
+            fits = False
+        if not fits:
             raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}")
         return value
     return parse
 
 
-def _comma_list(item):
-    """An argparse type: a comma-separated list of ``item`` values."""
+def _comma_list(item, what: str, example: str):
+    """An argparse type: a comma-separated list of ``item`` values (``what``, e.g. ``example``)."""
     def parse(text: str) -> list:
-        return [item(v) for v in text.split(",")]
+        try:
+            return [item(v) for v in text.split(",")]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {text!r}") from None
     return parse
 
 
@@ -67,12 +84,19 @@ def _sampler_list(text: str) -> list[str]:
     return names
 
 
+# One type per kind of number, so that each error's example is a value of that option.
 _step_count = _number(int, 2, "a step count of at least 2", "500")
-_step_counts = _comma_list(_step_count)
-_positive_int = _number(int, 1, "a positive integer", "64")
-_positive_float = _number(float, 0, "a positive number", "1e-5", strict=True)
+_step_counts = _comma_list(_step_count, "comma-separated step counts of at least 2", "100,500")
+_sample_count = _number(int, 1, "a positive number of samples", "64")
+_train_steps = _number(int, 1, "a positive number of training steps", "4000")
+_epochs = _number(int, 1, "a positive number of epochs", "20")
+_threads = _number(int, 1, "a positive thread count", "1")
+_tolerance = _number(float, 0, "a positive tolerance", "1e-5", strict=True)
+_tolerances = _comma_list(_tolerance, "comma-separated positive tolerances", "1e-3,1e-5")
+_snr = _number(float, 0, "a positive signal-to-noise ratio", "0.16", strict=True)
 _seed = _number(int, 0, "a seed >= 0", "0")
-_float_list = _comma_list(_positive_float)
+_channels = _comma_list(_number(int, 1, "a channel count", "32"), "comma-separated positive channel counts",
+                        "32,64,128")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -86,10 +110,6 @@ def output_folder(path: str | Path) -> Path:
     except OSError as e:
         raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
     return out.resolve()
-
-
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _load(checkpoint: str, raw_weights: bool, device: torch.device):
@@ -121,6 +141,141 @@ def _loss_runs(checkpoint: str) -> list[Path]:
     return []
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``), which torch's default thread count ignores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    except (OSError, ValueError):  # no cgroup v2 quota to read
+        pass
+    return max(1, cpus)
+
+
+def cpu_threads(requested: int | None) -> tuple[int, str]:
+    """(torch intra-op threads, why) for a command: ``requested`` (``--threads``) when given, else
+    ``OMP_NUM_THREADS`` when set (torchrun sets it to 1 for several processes), else the usable
+    CPUs shared among this machine's processes under torchrun, so that none is oversubscribed."""
+    if requested is not None:
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        first = env.split(",")[0]  # OpenMP also takes a list, one count per nesting level
+        if not (first.isdigit() and int(first) >= 1):
+            raise ValueError(f"OMP_NUM_THREADS={env!r} is not a positive thread count; set it to one such as 1, "
+                             f"or pass --threads")
+        return int(first), "OMP_NUM_THREADS"
+    cpus = usable_cpus()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed.launched() else 1
+    if local > 1:
+        return max(1, cpus // local), f"{cpus} CPUs / {local} processes"
+    return cpus, f"the {cpus} CPUs this process may use"
+
+
+def _busy_hint(threads: int) -> str:
+    """How to change the default thread count, and why it may be worth it: when other jobs keep
+    the machine's CPUs busy, threads wait for each other at every op and one thread is faster."""
+    cpus = os.cpu_count() or 1  # the load average is the whole machine's, as is this count
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        load = 0.0
+    if threads > 1 and load >= cpus:
+        return f"; this machine is busy, load {load:.1f} on {cpus} CPUs: --threads 1 is likely faster"
+    return "; --threads to change"
+
+
+@contextlib.contextmanager
+def _thread_count(requested: int | None, report: bool):
+    """Run the block with :func:`cpu_threads`'s count (printed when ``report``), then restore the
+    previous one, so that :func:`main` called from Python leaves torch as it found it."""
+    threads, why = cpu_threads(requested)
+    before = torch.get_num_threads()
+    if report:
+        if requested is not None:
+            advice = ""
+        elif why == "OMP_NUM_THREADS":
+            advice = "; --threads to change"
+        else:  # a count chosen here, not by the user, comes with advice on the machine's load
+            advice = _busy_hint(threads)
+        print(f"threads: {threads} ({why}{advice})", flush=True)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="torch CPU threads per process (default: $OMP_NUM_THREADS when set, else the usable CPUs, "
+                        "divided among torchrun's processes on this machine); 1 on a machine shared with other jobs")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``scoreops train`` (and ``python -m scoreops.train``), defaults from TrainConfig."""
+    from .training.data import DATASETS
+    from .training.models import ACTIVATIONS, PRESETS
+    from .training.train import TrainConfig
+
+    d = TrainConfig()
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="training images (default: %(default)s)")
+    data.add_argument("--data-dir", default=d.data_dir,
+                      help="torchvision data root (default: ./data), or the image folder for --dataset folder")
+    data.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
+    data.add_argument("--image-size", type=int, default=d.image_size,
+                      help="side of the square training images (default: 16 for digits, 28 for the MNISTs, 32 else)")
+    model = p.add_argument_group("model (defaults: the preset's)")
+    model.add_argument("--preset", choices=tuple(PRESETS), default=d.preset,
+                       help="ScoreNet preset (default: digits for digits, tutorial for the MNISTs, paper else)")
+    model.add_argument("--channels", type=_channels, default=d.channels, help="channels per level, e.g. 32,64,128")
+    model.add_argument("--embed-dim", type=int, default=d.embed_dim, help="time-embedding size")
+    model.add_argument("--kernel-size", type=int, default=d.kernel_size, help="convolution kernel size")
+    model.add_argument("--padding", type=int, default=d.padding, help="convolution padding (0 tutorial, 1 paper)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default=d.activation, help="activation function")
+    model.add_argument("--sigma", type=float, default=d.sigma,
+                       help="VE SDE sigma, g(t) = sigma**t (default: %(default)s)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in total (default: %(default)s)")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size,
+                     help="images per step and per process (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    opt.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (default: %(default)s)")
+    opt.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                     help="clip the gradient norm to this, 0 = off (default: %(default)s)")
+    opt.add_argument("--loss-eps", type=float, default=d.loss_eps,
+                     help="smallest training time t, t ~ U(eps, 1) (default: %(default)s)")
+    opt.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    opt.add_argument("--seed", type=int, default=d.seed,
+                     help="seed of the initial weights, data order and noise (default: %(default)s)")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default=d.out,
+                     help="run folder for checkpoints and the loss curve (default: %(default)s)")
+    run.add_argument("--save-every", type=int, default=d.save_every,
+                     help="write a checkpoint every this many steps, and at the end (default: %(default)s)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest checkpoint in --out (start afresh if there is none)")
+    run.add_argument("--device", default=d.device, help="torch device (default: cuda when available, else cpu)")
+    _add_threads_option(run)
+    run.add_argument("--save-rank-weights", action="store_true",
+                     help="debugging: every process also writes its final weights to rank<R>.safetensors in --out, "
+                          "to check that DDP replicas agree")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~scoreops.train.TrainConfig` of parsed ``scoreops train`` options."""
+    from .training.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a run folder written by `scoreops train` (its newest checkpoint) or a checkpoint folder")
@@ -135,7 +290,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_step_count, default=500,
                    help="steps of the SDE samplers (EM, Milstein, PC) (default: %(default)s)")
-    p.add_argument("--tol", type=_positive_float, default=1e-5,
+    p.add_argument("--tol", type=_tolerance, default=1e-5,
                    help="absolute and relative tolerance of the adaptive ODE sampler (default: %(default)s)")
 
 
@@ -148,14 +303,14 @@ def _add_figure_options(p: argparse.ArgumentParser) -> None:
 def write_samples(run, out: Path, info: dict) -> list[Path]:
     """Save a :class:`~scoreops.compare.SampleRun` as ``samples-<label>.png`` (a grid of 8 columns)
     and ``samples-<label>.safetensors`` (key ``samples``: the raw (N, C, H, W) float32 tensor,
-    not clamped; the settings as metadata)."""
+    not clamped; as metadata ``info``, the settings the run's sampler has, nfe and seconds)."""
     from safetensors.torch import save_file
 
     from .evaluation.figures import save_grid
 
     png = save_grid(run.samples, out / f"samples-{run.label}.png")
-    metadata = {**{k: str(v) for k, v in info.items()}, "sampler": run.sampler, "steps": str(run.steps),
-                "tol": str(run.tol), "nfe": str(run.nfe), "seconds": f"{run.seconds:.3f}"}
+    metadata = {**{k: str(v) for k, v in info.items()}, **{k: str(v) for k, v in run.settings().items()},
+                "nfe": str(run.nfe), "seconds": f"{run.seconds:.3f}"}
     tensors = out / f"samples-{run.label}.safetensors"
     save_file({"samples": run.samples.detach().float().cpu().contiguous()}, str(tensors), metadata=metadata)
     return [png, tensors]
@@ -164,7 +319,7 @@ def write_samples(run, out: Path, info: dict) -> list[Path]:
 def cmd_train(args: argparse.Namespace) -> Path:
     from .training import train
 
-    config = train.config_from_args(args)
+    config = train_config(args)
     config.validate()  # before the output folder is made
     out = output_folder(args.out)
     train.train(config)
@@ -192,8 +347,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
                                   nfe=int(nfe), seconds=seconds)
         if rank == 0:
             write_samples(run, out, {"checkpoint": args.checkpoint, "seed": args.seed, "raw_weights": args.raw_weights,
-                                     "snr": args.snr, "correction": args.correction, "backend": args.backend,
-                                     "device": str(device), "processes": world_size})
+                                     "backend": args.backend, "device": str(device), "processes": world_size})
             on = f" ({world_size} processes)" if world_size > 1 else ""
             print(f"{run.label}: {len(run.samples)} samples, {run.nfe} score evaluations, {run.seconds:.1f} s{on}")
     return out
@@ -210,7 +364,7 @@ def cmd_import_tutorial(args: argparse.Namespace) -> Path:
 def cmd_figures(args: argparse.Namespace) -> Path:
     from .evaluation.figures import make_figures
 
-    device = _device(args.device)
+    device = default_device(args.device)
     model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
     out = output_folder(args.out)
     loss_runs = _loss_runs(args.checkpoint) if args.loss_runs is None else args.loss_runs
@@ -224,9 +378,10 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
                 num_samples: int, seed: int, device: torch.device, backend: str, classifier_cache: str | None,
                 classifier_epochs: int, checkpoint: str) -> Path:
     """Compare the samplers on ``model`` (see :mod:`scoreops.compare`); writes ``compare.md``,
-    ``compare.json`` and ``grids/<run>.png`` into ``out`` and returns the markdown's path."""
+    ``compare.json`` and ``grids/<run>.png`` (each titled with its settings, nfe and seed) into
+    ``out`` and returns the markdown's path."""
     from .evaluation import compare, metrics
-    from .evaluation.figures import save_grid
+    from .evaluation.figures import runs_figure, save_figure
 
     images, labels = compare.load_labelled(config["dataset"], data_dir or config.get("data_dir"),
                                            config["image_size"])
@@ -237,7 +392,8 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
                                           num_samples=num_samples, seed=seed, device=device, backend=backend)
     grids = output_folder(out / "grids")
     for run in runs:
-        save_grid(run.samples, grids / f"{run.label}.png")
+        title = f"{len(run.samples)} samples of {config['dataset']}, seed {seed}"
+        save_figure(runs_figure([run], title, panel_inches=4.0), grids / f"{run.label}.png")
     info = {"checkpoint": checkpoint, "dataset": config["dataset"], "num_samples": num_samples, "seed": seed,
             "device": str(device), "classifier": str(classifier.path)}
     _, md_path = compare.write_report(rows, out, info)
@@ -246,7 +402,7 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
 
 
 def cmd_compare(args: argparse.Namespace) -> Path:
-    device = _device(args.device)
+    device = default_device(args.device)
     model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
     out = output_folder(args.out)
     run_compare(model, sde, config, out, data_dir=args.data_dir, samplers=args.samplers, steps=args.steps,
@@ -288,7 +444,7 @@ def cmd_demo(args: argparse.Namespace) -> Path:
     from .training import train
 
     out = output_folder(args.out)
-    device = _device(args.device)
+    device = default_device(args.device)
     run_dir = out / "train"
     shown_run = str(Path(args.out) / "train")  # as the user named it, for the reports
     print(f"1/4 training a ScoreNet on the digits data set for {args.train_steps} steps", flush=True)
@@ -337,11 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
-    from .training.train import add_arguments as add_train_arguments
-
     p = commands.add_parser("train", help="train a ScoreNet by denoising score matching",
                             description="Train a ScoreNet; writes checkpoints/, loss.csv and loss.png into --out.")
-    add_train_arguments(p).set_defaults(handler=cmd_train)
+    add_train_options(p)
+    p.set_defaults(handler=cmd_train)
 
     p = commands.add_parser("sample", help="draw samples with one sampler: an 8x8 grid PNG and the tensors",
                             description="Draw samples; writes samples-<sampler>-<steps or tol>.png (a grid of 8 "
@@ -349,12 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--sampler", choices=SAMPLERS, default="milstein", help="sampler (default: %(default)s)")
     _add_sampler_options(p)
-    p.add_argument("--num-samples", type=_positive_int, default=64, help="samples to draw (default: %(default)s)")
-    p.add_argument("--snr", type=_positive_float, default=0.16,
+    p.add_argument("--num-samples", type=_sample_count, default=64, help="samples to draw (default: %(default)s)")
+    p.add_argument("--snr", type=_snr, default=0.16,
                    help="PC corrector signal-to-noise ratio (default: %(default)s)")
     p.add_argument("--correction", choices=("time", "ito"), default="time",
                    help="Milstein correction: time (the paper's dg/dt) or ito (dg/dx = 0, equals EM) "
                         "(default: %(default)s)")
+    _add_threads_option(p)
     p.add_argument("--out", default="runs/sample", help="output folder (default: %(default)s)")
     p.set_defaults(handler=cmd_sample)
 
@@ -378,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-runs", nargs="*", default=None, metavar="RUN",
                    help="run folders whose loss.csv to plot side by side (default: the checkpoint's own run)")
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
+    _add_threads_option(p)
     p.add_argument("--out", default="runs/figures", help="output folder (default: %(default)s)")
     p.set_defaults(handler=cmd_figures)
 
@@ -388,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, "--steps")
     p.add_argument("--samplers", type=_sampler_list, default=list(SAMPLERS),
                    help=f"comma list of samplers (default: {','.join(SAMPLERS)})")
-    p.add_argument("--num-samples", type=_positive_int, default=64, help="samples per run (default: %(default)s)")
+    p.add_argument("--num-samples", type=_sample_count, default=64, help="samples per run (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
+    _add_threads_option(p)
     p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
     p.set_defaults(handler=cmd_compare)
 
@@ -408,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="The whole pipeline on the embedded digits data set, sized for a few "
                                         "minutes on a 2-core CPU: train, sample with all four samplers, draw the "
                                         "figures, compare the samplers. Rerunning reuses the finished training.")
-    p.add_argument("--train-steps", type=_positive_int, default=DEMO_TRAIN_STEPS,
+    p.add_argument("--train-steps", type=_train_steps, default=DEMO_TRAIN_STEPS,
                    help="training steps of batch 64 (default: %(default)s)")
     _add_sampler_options(p)
     _add_figure_options(p)
@@ -419,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, "--compare-steps")
     p.add_argument("--copy-figures", default=None, metavar="DIR",
                    help="also copy the figures and the comparison table here, e.g. docs/figures (default: no copy)")
+    _add_threads_option(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.set_defaults(handler=cmd_demo)
     return parser
@@ -427,12 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_compare_options(p: argparse.ArgumentParser, steps_flag: str) -> None:
     p.add_argument(steps_flag, type=_step_counts, default=[100, 500],
                    help="comma list of SDE sampler step counts to compare (default: 100,500)")
-    p.add_argument("--ode-tols", type=_float_list, default=[1e-3, 1e-5],
+    p.add_argument("--ode-tols", type=_tolerances, default=[1e-3, 1e-5],
                    help="comma list of ODE tolerances to compare (default: 1e-3,1e-5)")
     p.add_argument("--classifier-cache", default=None, metavar="DIR",
                    help="folder of the cached feature classifiers (default: $XDG_CACHE_HOME/scoreops, "
                         "else ~/.cache/scoreops)")
-    p.add_argument("--classifier-epochs", type=_positive_int, default=20,
+    p.add_argument("--classifier-epochs", type=_epochs, default=20,
                    help="epochs of the feature classifier when it is not cached yet (default: %(default)s)")
 
 
@@ -453,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
             raise ValueError(f"scoreops {args.command} runs in one process; start it without torchrun "
                              f"(under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})")
-        out = args.handler(args)
+        threads = (_thread_count(args.threads, report=distributed.rank() == 0) if hasattr(args, "threads")
+                   else contextlib.nullcontext())
+        with threads:
+            out = args.handler(args)
     except KeyboardInterrupt:
         print(f"scoreops: interrupted{where}", file=sys.stderr)
         return 130

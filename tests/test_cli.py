@@ -11,16 +11,23 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+
 from tutorial_net import tutorial_state
 
-from scoreops import samplers
-from scoreops.cli import main
+from scoreops import cli, samplers
 from scoreops.evaluation import figures
-from scoreops.sde import VESDE
 from scoreops.training.checkpoint import load_model
+from scoreops.cli import build_parser, main
+from scoreops.sde import VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--channels", "8,16", "--embed-dim", "16", "--image-size", "8", "--batch-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Commands take their thread count from OMP_NUM_THREADS: one, as the suite runs everything."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -55,14 +62,19 @@ def test_sample_writes_grid_and_the_samplers_tensor(tiny_run, tmp_path, capsys, 
     seed &= 2**63 - 1
     out = tmp_path / "out"
     code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", sampler, "--steps", 4,
-                          "--tol", 1e-2, "--seed", seed, "--device", "cpu", "--out", out)
+                          "--tol", 1e-2, "--snr", 0.21, "--seed", seed, "--device", "cpu", "--out", out)
     assert code == 0 and str(out) in stdout
     label = f"{sampler}-0.01" if sampler == "ode" else f"{sampler}-4"
     with Image.open(out / f"samples-{label}.png") as png:
         assert png.size == (grid_side(8, 8), grid_side(8, 8))
     samples = load_file(out / f"samples-{label}.safetensors")["samples"]
     with safe_open(out / f"samples-{label}.safetensors", "pt") as f:
-        assert f.metadata()["seed"] == str(seed) and int(f.metadata()["nfe"]) > 0
+        metadata = f.metadata()
+    assert metadata["seed"] == str(seed) and int(metadata["nfe"]) > 0 and metadata["sampler"] == sampler
+    # Only the settings this sampler has are recorded: PC has no correction, EM no snr.
+    own = {"em": {"steps": "4"}, "milstein": {"steps": "4", "correction": "time"},
+           "pc": {"steps": "4", "snr": "0.21"}, "ode": {"tol": "0.01"}}[sampler]
+    assert {k: v for k, v in metadata.items() if k in ("steps", "tol", "snr", "correction")} == own
 
     # The same draw through the library: the command passes the model, seed and settings through.
     model, _ = load_model(tiny_run)
@@ -70,13 +82,21 @@ def test_sample_writes_grid_and_the_samplers_tensor(tiny_run, tmp_path, capsys, 
     expected = {
         "em": lambda: samplers.em_sample(model, VESDE(25.0), None, 64, 4, **common),
         "milstein": lambda: samplers.milstein_sample(model, VESDE(25.0), None, 64, 4, **common),
-        "pc": lambda: samplers.pc_sample(model, VESDE(25.0), None, 64, 4, **common),
+        "pc": lambda: samplers.pc_sample(model, VESDE(25.0), None, 64, 4, 0.21, **common),
         "ode": lambda: samplers.ode_sample(model, VESDE(25.0), None, 64, atol=1e-2, rtol=1e-2, **common),
     }[sampler]()
     torch.testing.assert_close(samples, expected)
 
 
-def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys):
+def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys, monkeypatch):
+    titles = {}
+
+    def spy(fig, path):
+        titles[Path(path).name] = (fig.get_suptitle(), [ax.get_title() for ax in fig.axes])
+        return save_figure(fig, path)
+
+    save_figure = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", spy)
     out = tmp_path / "cmp"
     code, stdout, _ = run(capsys, "compare", "--checkpoint", tiny_run, "--steps", "3,5", "--ode-tols", "1e-2",
                           "--num-samples", 8, "--classifier-epochs", 1, "--classifier-cache", tmp_path / "cache",
@@ -98,8 +118,12 @@ def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys):
     assert 0 < report["rows"][0]["heldout_accuracy"] <= 1
     assert (tmp_path / "cache" / "classifier-digits-1x8x8.safetensors").is_file()
     for sampler, steps, tol in labels[1:]:
-        with Image.open(out / "grids" / f"{sampler}-{steps if tol is None else format(tol, 'g')}.png") as png:
-            assert png.size == (grid_side(8, 8), grid_side(1, 8))
+        name = f"{sampler}-{steps if tol is None else format(tol, 'g')}.png"
+        Image.open(out / "grids" / name).verify()
+        # Titled with what made it: sampler, setting, nfe, seed (the panel text is test_figures').
+        suptitle, (panel,) = titles[name]
+        assert suptitle == "8 samples of digits, seed 0" and panel.startswith(figures.TITLES[sampler] + "\n")
+        assert (f"{steps} steps" if tol is None else f"tol {tol:g}") in panel and panel.endswith(" nfe")
     table = (out / "compare.md").read_text()
     assert table.count("\n| ") == len(labels) + 1 and "Diversity ranking" in table
 
@@ -115,8 +139,6 @@ def test_figures_command(tiny_run, tmp_path, capsys):
         "fig5_loss.png"]
     for path in out.iterdir():
         Image.open(path).verify()
-    with Image.open(out / "fig3_interpolation.png") as png:  # four rows of eight 8x8 images
-        assert png.size == (grid_side(8, 8), (4 * 9 + 1) * 8)
     assert figures.run_title(tiny_run) == f"{tiny_run.name}\nembed_dim 16, padding 1"
 
 
@@ -286,3 +308,108 @@ def test_unknown_option_points_to_its_commands_help(tiny_run, tmp_path, capsys):
                    "see scoreops sample --help")
     code, _, err = run(capsys, "train", "--ema-decay", 2, "--out", tmp_path / "x")
     one_line_error(code, err, "ema_decay must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------- threads
+def test_the_default_thread_count(monkeypatch):
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 6)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cli.cpu_threads(None) == (3, "OMP_NUM_THREADS")
+    assert cli.cpu_threads(5) == (5, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's per-level list: the outer level counts
+    assert cli.cpu_threads(None)[0] == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cli.cpu_threads(None) == (6, "the 6 CPUs this process may use")
+    # Under torchrun (as it sets the environment) the CPUs are shared by the machine's processes.
+    for name, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4",
+                        "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.cpu_threads(None) == (1, "6 CPUs / 4 processes")
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='two' is not a positive thread count"):
+        cli.cpu_threads(None)
+
+
+@pytest.mark.parametrize("cpu_max,cpus", [("max 100000\n", 8), ("300000 100000\n", 3), ("50000 100000\n", 1),
+                                          (None, 8)])
+def test_usable_cpus_heed_affinity_and_a_container_quota(tmp_path, monkeypatch, cpu_max, cpus):
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(cli, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert cli.usable_cpus() == cpus
+
+
+def test_a_command_runs_with_its_thread_count_and_restores_torchs(tmp_path, capsys, monkeypatch):
+    from scoreops.training import train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda config: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 5)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    before = torch.get_num_threads()
+    for argv, omp, threads, why in (([], "3", 3, "(OMP_NUM_THREADS; --threads to change)"),
+                                    (["--threads", 2], "3", 2, "(--threads)"),
+                                    ([], None, 5, "(the 5 CPUs this process may use; --threads to change)")):
+        monkeypatch.setenv("OMP_NUM_THREADS", omp) if omp else monkeypatch.delenv("OMP_NUM_THREADS")
+        code, stdout, _ = run(capsys, "train", *argv, "--out", tmp_path)
+        assert code == 0 and stdout.startswith(f"threads: {threads} {why}\n") and seen[-1] == threads
+        assert torch.get_num_threads() == before
+    code, _, err = run(capsys, "sample", "--checkpoint", tmp_path, "--threads", 0, "--out", tmp_path)
+    one_line_error(code, err, "--threads", "a positive thread count such as 1")
+
+
+def test_a_busy_machine_gets_a_hint_towards_one_thread(monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.4, 4.0, 3.0))
+    assert "load 5.4 on 2 CPUs: --threads 1" in cli._busy_hint(2)
+    assert cli._busy_hint(1) == "; --threads to change"  # one thread already
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert cli._busy_hint(2) == "; --threads to change"
+
+
+# --------------------------------------------------------------------------- small faults
+@pytest.mark.parametrize("command,option,bad,expected", [
+    ("sample", "--snr", "-1", "a positive signal-to-noise ratio such as 0.16"),
+    ("sample", "--snr", "inf", "a positive signal-to-noise ratio such as 0.16"),
+    ("sample", "--tol", "0", "a positive tolerance such as 1e-5"),
+    ("sample", "--tol", "nan", "a positive tolerance such as 1e-5"),
+    ("sample", "--num-samples", "0", "a positive number of samples such as 64"),
+    ("sample", "--steps", "1", "a step count of at least 2 such as 500"),
+    ("sample", "--seed", "-1", "a seed >= 0 such as 0"),
+    ("sample", "--threads", "1.5", "a positive thread count such as 1"),
+    ("figures", "--milstein-steps", "500,1", "comma-separated step counts of at least 2 such as 100,500"),
+    ("compare", "--ode-tols", "1e-3,-1", "comma-separated positive tolerances such as 1e-3,1e-5"),
+    ("compare", "--classifier-epochs", "0", "a positive number of epochs such as 20"),
+    ("demo", "--train-steps", "0", "a positive number of training steps such as 4000"),
+    ("train", "--channels", "8,x", "comma-separated positive channel counts such as 32,64,128"),
+])
+def test_a_bad_number_is_refused_with_an_example_that_fits_its_option(capsys, command, option, bad, expected):
+    required = ["--checkpoint", "run"] if command in ("sample", "figures", "compare") else []
+    code, _, err = run(capsys, command, *required, option, bad)
+    one_line_error(code, err, f"argument {option}: expected {expected}, got {bad!r}")
+    example = expected.rpartition(" such as ")[2]
+    args = build_parser().parse_args([command, *required, option, example])  # the example is accepted
+    assert getattr(args, option.lstrip("-").replace("-", "_")) is not None
+
+
+@pytest.mark.parametrize("name", ["loss.csv", "loss.png", "notes.txt"])
+def test_a_file_that_is_not_a_checkpoint_is_refused(tiny_run, tmp_path, capsys, name):
+    path = tiny_run / name
+    if not path.exists():
+        path = tmp_path / name
+        path.write_text("step,loss\n")
+    code, _, err = run(capsys, "sample", "--checkpoint", path, "--out", tmp_path / "o")
+    one_line_error(code, err, "scoreops: error:", f"{path} is not a scoreops checkpoint")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoints_own_file_names_its_checkpoint_and_a_stray_copy_is_refused(tiny_run, tmp_path, capsys):
+    from scoreops.training.checkpoint import CheckpointError, resolve_checkpoint
+
+    (step,) = (tiny_run / "checkpoints").iterdir()
+    for name in ("model.safetensors", "config.json", "state.json"):
+        assert resolve_checkpoint(step / name) == step
+    shutil.copy(step / "model.safetensors", tmp_path)  # its folder holds no state.json
+    with pytest.raises(CheckpointError, match="is not a scoreops checkpoint"):
+        resolve_checkpoint(tmp_path / "model.safetensors")

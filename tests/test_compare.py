@@ -79,6 +79,22 @@ def test_nfe_is_the_number_of_model_calls(sampler, seed):
     assert run.label == (f"{sampler}-0.01" if sampler == "ode" else f"{sampler}-5")
 
 
+@pytest.mark.parametrize("sampler,settings,details", [
+    ("em", {"steps": 5}, "5 steps, 5 nfe"),
+    ("milstein", {"steps": 5, "correction": "ito"}, "5 steps, ito correction, 5 nfe"),
+    ("pc", {"steps": 5, "snr": 0.2}, "5 steps, snr 0.2, 10 nfe"),
+    ("ode", {"tol": 0.01}, None),
+])
+def test_a_run_records_the_settings_its_sampler_has_and_no_others(sampler, settings, details):
+    run = compare.draw_samples(sampler, gaussian_score, SDE, (1, 4, 4), num_samples=2, steps=5, tol=1e-2, snr=0.2,
+                               correction="ito")
+    assert run.settings() == {"sampler": sampler, **settings}
+    assert run.details() == (details or f"tol 0.01, {run.nfe} nfe")
+    # The paper's Milstein correction is not named, as in the run's label.
+    paper = compare.draw_samples("milstein", gaussian_score, SDE, (1, 4, 4), num_samples=2, steps=5)
+    assert paper.settings()["correction"] == "time" and paper.details() == "5 steps, 5 nfe"
+
+
 def test_runs_that_cannot_be_made_are_refused():
     ref = reference(torch.rand(20, 1, 8, 8), torch.arange(5))
     with pytest.raises(ValueError, match="nothing to run"):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from scoreops.evaluation import figures
-from scoreops.evaluation.compare import draw_samples
+from scoreops.evaluation.compare import SampleRun, draw_samples
 from scoreops.sde import VESDE, prior_sample
 
 SDE = VESDE(25.0)
@@ -87,20 +87,43 @@ def test_interpolation_decodes_the_slerp_path_with_the_ode(seed):
     # v(t) = s0**2 + std(t)**2, so each decoded image is the slerp point scaled by that factor.
     seed &= 2**63 - 1
     s0, eps, shape = 0.7, 1e-3, (1, 5, 5)
-    images = figures.interpolation_images(GaussianScore(s0), SDE, shape, rows=2, columns=5, tol=1e-7, seed=seed)
-    assert images.shape == (10, *shape)
+    run = figures.interpolation_run(GaussianScore(s0), SDE, shape, rows=2, columns=5, tol=1e-7, seed=seed)
+    images = run.samples
+    assert images.shape == (10, *shape) and (run.sampler, run.tol) == ("ode", 1e-7)
     ends = prior_sample(SDE.marginal_prob_std, 4, shape, seed=seed, device="cpu")
     path = figures.slerp(ends[:2], ends[2:], torch.linspace(0, 1, 5)).reshape(10, *shape)
     var = lambda t: s0**2 + float(SDE.marginal_prob_std(torch.tensor(t, dtype=torch.float64))) ** 2  # noqa: E731
     torch.testing.assert_close(images, path * math.sqrt(var(eps) / var(1.0)), rtol=1e-4, atol=1e-5)
 
 
-def test_runs_figure_titles_name_sampler_setting_and_nfe():
+def test_runs_figure_titles_name_sampler_settings_and_nfe():
     model = GaussianScore(0.5)
     runs = [draw_samples("em", model, SDE, (1, 4, 4), num_samples=4, steps=3),
-            draw_samples("ode", model, SDE, (1, 4, 4), num_samples=4, tol=1e-3)]
+            draw_samples("ode", model, SDE, (1, 4, 4), num_samples=4, tol=1e-3),
+            draw_samples("pc", model, SDE, (1, 4, 4), num_samples=4, steps=2, snr=0.2),
+            draw_samples("milstein", model, SDE, (1, 4, 4), num_samples=4, steps=2, correction="ito")]
     fig = figures.runs_figure(runs, "title", nrow=2)
-    assert [ax.get_title() for ax in fig.axes] == ["EM\n3 steps, 3 nfe", f"ODE\ntol 0.001, {runs[1].nfe} nfe"]
+    assert fig.get_suptitle() == "title"
+    assert [ax.get_title() for ax in fig.axes] == ["EM\n3 steps, 3 nfe", f"ODE\ntol 0.001, {runs[1].nfe} nfe",
+                                                   "PC\n2 steps, snr 0.2, 4 nfe",
+                                                   "Milstein\n2 steps, ito correction, 2 nfe"]
+
+
+def test_interpolation_figure_labels_its_columns_with_their_slerp_weights():
+    # Black 5x5 tiles on make_grid's white padding: the white pixel columns are the padding.
+    run = SampleRun("ode", None, 1e-3, torch.zeros(10, 1, 5, 5), nfe=17, seconds=0.1)
+    fig = figures.interpolation_figure(run, columns=5, seed=3)
+    (ax,) = fig.axes
+    assert fig.get_suptitle().endswith("\nODE, tol 0.001, 17 nfe, seed 3")
+    assert ax.get_xlabel() and ax.get_ylabel()
+    drawn = np.asarray(ax.images[0].get_array())  # (height, width) or (height, width, colours)
+    padding = np.flatnonzero((drawn == 1.0).reshape(*drawn.shape[:2], -1).all(axis=(0, 2)))
+    tiles = [(a + b) / 2 for a, b in zip(padding, padding[1:]) if b > a + 1]  # each tile's middle column
+    np.testing.assert_allclose(ax.get_xticks(), tiles)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5", "0.75", "1"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2"]
+    with pytest.raises(ValueError, match="10 images do not fill rows of 3"):
+        figures.interpolation_figure(run, columns=3, seed=3)
 
 
 def test_loss_curves_are_read_and_drawn_per_run(tmp_path):
@@ -143,10 +166,23 @@ def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
     def score(x, t):
         return -x / (0.5 + SDE.marginal_prob_std(t) ** 2).reshape(-1, 1, 1, 1)
 
+    titles = {}
+
+    def titled(fig, path):
+        titles[path.name] = fig.get_suptitle()
+        return save_figure(fig, path)
+
+    save_figure = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", titled)
     paths = figures.make_figures(score, SDE, torch.rand(5, 1, 4, 4), tmp_path, steps=3, milstein_steps=(3, 4),
                                  tol=1e-2, seed=7, progress=False)
     assert [p.name for p in paths] == ["fig1_forward_diffusion.png", "fig2_milstein_samples.png",
                                        "fig3_interpolation.png", "fig4_samplers.png"]
+    for path in paths:
+        Image.open(path).verify()
+    # Every figure is titled with the seed that made it (the panels carry the samplers' settings).
+    assert list(titles) == [p.name for p in paths] and all(t.endswith(", seed 7") for t in titles.values())
+    assert "ODE, tol 0.01, " in titles["fig3_interpolation.png"]
     assert calls[:2] == [("milstein", 64, 3, 7), ("milstein", 64, 4, 7)]
     assert calls[2][0] == "ode"  # from the slerp path (x_T), not from a seed
     assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")]

@@ -1,11 +1,15 @@
 """Training on the CPU: the loss, the loss falling on digits, kill-and-resume equality,
 checkpoints (atomic, verified, refused when corrupt or mismatched) and bad input."""
 import argparse
+import ast
 import csv
 import errno
 import functools
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +18,27 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import scoreops.training.train as train_mod
-from scoreops.sde import marginal_prob_std
 from scoreops.training import checkpoint as ckpt
+from scoreops.cli import add_train_options, train_config
 from scoreops.training.data import load_images
-from scoreops.training.train import add_arguments, config_from_args, dsm_loss
+from scoreops.sde import marginal_prob_std
+from scoreops.training.train import dsm_loss
 
 # A tiny net on the native 8x8 digits: a step takes milliseconds. A later option overrides these.
 TINY = ["--dataset", "digits", "--image-size", "8", "--preset", "digits", "--channels", "8,16", "--embed-dim", "16",
         "--batch-size", "16", "--device", "cpu"]
 
 
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_train_options(parser)
+    return parser
+
+
 def train_argv(argv):
     """``scoreops train <argv>`` without the command line's error handling: returns the final
     checkpoint and lets errors raise."""
-    return train_mod.train(config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(argv)))
+    return train_mod.train(train_config(train_parser().parse_args(argv)))
 
 
 def _run(out, *extra):
@@ -208,7 +219,7 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 def test_every_option_has_help_and_default():
-    parser = add_arguments(argparse.ArgumentParser())
+    parser = train_parser()
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} >= {"steps", "batch_size", "lr", "ema_decay", "save_every", "out", "bf16",
                                          "grad_clip", "seed", "resume", "data_dir", "download", "preset",
@@ -322,3 +333,32 @@ def test_non_finite_gradient_stops_before_the_step(tmp_path, monkeypatch):
         _run(tmp_path, "--steps", "4", "--save-every", "1")
     good = ckpt.read_checkpoint(tmp_path)
     assert good.step == 2 and all(torch.isfinite(v).all() for v in [*good.model.values(), *good.ema.values()])
+
+
+def test_the_training_module_leaves_argument_parsing_to_the_command_line():
+    """cli.py owns every option: the training module imports neither argparse nor the CLI
+    (``python -m scoreops.train`` is an entry above the CLI; lint-imports checks the layers)."""
+    tree = ast.parse(Path(train_mod.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module} | {alias.name for alias in node.names}
+    assert not {"argparse", "cli"} & imported, imported
+
+
+def test_python_m_scoreops_train_is_scoreops_train(tmp_path, capsys, monkeypatch):
+    from scoreops.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps --help to it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(train_mod.__file__).parents[2]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    entry = subprocess.run([sys.executable, "-m", "scoreops.train", "--help"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert main(["train", "--help"]) == 0
+    assert entry.returncode == 0 and entry.stdout == capsys.readouterr().out
+    assert "--save-rank-weights" in entry.stdout and "--threads" in entry.stdout
+    bad = subprocess.run([sys.executable, "-m", "scoreops.train", "--steps", "0", "--out", str(tmp_path / "x")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr == "scoreops: error: steps must be an int >= 1, got 0\n"

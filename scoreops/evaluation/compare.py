@@ -50,6 +50,7 @@ class SampleRun:
         nfe: score-model evaluations.
         seconds: wall time of the sampler call.
         correction: the Milstein sampler's correction; None for the others.
+        snr: the PC corrector's signal-to-noise ratio; None for the others.
     """
 
     sampler: str
@@ -59,6 +60,7 @@ class SampleRun:
     nfe: int
     seconds: float
     correction: str | None = None
+    snr: float | None = None
 
     @property
     def label(self) -> str:
@@ -66,6 +68,24 @@ class SampleRun:
         ``"ode-1e-05"``: names the run in tables and file names."""
         name = self.sampler if self.correction in (None, "time") else f"{self.sampler}-{self.correction}"
         return f"{name}-{self.steps}" if self.tol is None else f"{name}-{self.tol:g}"
+
+    def settings(self) -> dict:
+        """The options this run's sampler has, and their values: ``sampler``, then ``steps``
+        (SDE samplers) or ``tol`` (ODE), ``snr`` (PC) and ``correction`` (Milstein)."""
+        options = {"sampler": self.sampler, "steps": self.steps, "tol": self.tol, "snr": self.snr,
+                   "correction": self.correction}
+        return {k: v for k, v in options.items() if v is not None}
+
+    def details(self) -> str:
+        """The run's settings and cost for a title: ``"500 steps, snr 0.16, 1000 nfe"`` (PC),
+        ``"tol 1e-05, 158 nfe"`` (ODE); Milstein names its correction unless it is the paper's, as
+        :attr:`label` does."""
+        parts = [f"{self.steps} steps" if self.tol is None else f"tol {self.tol:g}"]
+        if self.snr is not None:
+            parts.append(f"snr {self.snr:g}")
+        if self.correction not in (None, "time"):
+            parts.append(f"{self.correction} correction")
+        return ", ".join(parts + [f"{self.nfe} nfe"])
 
 
 def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 64, steps: int = 500,
@@ -115,7 +135,7 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return SampleRun(sampler, None if sampler == "ode" else steps, tol if sampler == "ode" else None, samples,
-                     nfe, seconds, correction if sampler == "milstein" else None)
+                     nfe, seconds, correction if sampler == "milstein" else None, snr if sampler == "pc" else None)
 
 
 def _counting(model, bar: tqdm):

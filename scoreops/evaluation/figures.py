@@ -28,8 +28,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from ..core.checks import check_int
+from .compare import SAMPLERS, SampleRun, draw_samples
 from ..sde import VESDE, prior_sample
-from .compare import SAMPLERS, draw_samples
 
 #: Sampler names as the figures print them.
 TITLES = {"pc": "PC", "em": "EM", "ode": "ODE", "milstein": "Milstein"}
@@ -89,7 +89,7 @@ def forward_diffusion_figure(image: torch.Tensor, sde: VESDE, times=FORWARD_TIME
         x = image.cpu() + std * z
         _show(ax, (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12))
         ax.set_title(f"t = {t:.3g}\nstd = {std:.2g}", fontsize=9)
-    fig.suptitle("Forward diffusion: an image drifting to the prior (each panel scaled to its range)")
+    fig.suptitle(f"Forward diffusion: an image drifting to the prior (each panel scaled to its range), seed {seed}")
     return fig
 
 
@@ -120,41 +120,63 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, weights: torch.Tensor) -> torch.Te
     return out.to(z0.dtype).reshape(z0.shape[0], len(weights), *z0.shape[1:])
 
 
-def interpolation_images(model, sde: VESDE, shape, *, rows: int = 4, columns: int = 8, tol: float = 1e-5,
-                         seed: int = 0, device: torch.device | str = "cpu", backend: str = "auto",
-                         progress: bool = False) -> torch.Tensor:
+def interpolation_run(model, sde: VESDE, shape, *, rows: int = 4, columns: int = 8, tol: float = 1e-5,
+                      seed: int = 0, device: torch.device | str = "cpu", backend: str = "auto",
+                      progress: bool = False) -> SampleRun:
     """Figure 3's images: ``rows`` pairs of prior noises, each joined by ``columns`` slerp points
     (ends included) and decoded by the deterministic probability-flow ODE sampler.
 
     Returns:
-        (rows * columns, C, H, W), row-major.
+        The ODE's run; its samples are (rows * columns, C, H, W), row-major.
     """
     if rows < 1 or columns < 2:
         raise ValueError(f"need rows >= 1 and columns >= 2, got {rows} and {columns}")
     ends = prior_sample(sde.marginal_prob_std, 2 * rows, shape, seed=seed, device=device, backend=backend)
     path = slerp(ends[:rows], ends[rows:], torch.linspace(0.0, 1.0, columns))
-    run = draw_samples("ode", model, sde, shape, tol=tol, x_T=path.reshape(rows * columns, *shape), device=device,
-                       backend=backend, progress=progress)
-    return run.samples
+    return draw_samples("ode", model, sde, shape, tol=tol, x_T=path.reshape(rows * columns, *shape), device=device,
+                        backend=backend, progress=progress)
 
 
-def runs_figure(runs, title: str, nrow: int = 8) -> Figure:
+def interpolation_figure(run: SampleRun, columns: int, seed: int) -> Figure:
+    """Figure 3: the images of :func:`interpolation_run` as rows of ``columns``, the slerp weight
+    of each column on the x axis, titled with the ODE's settings, its nfe and the noise ``seed``."""
+    images = run.samples.detach().float().cpu()
+    if len(images) % columns:
+        raise ValueError(f"{len(images)} images do not fill rows of {columns}")
+    rows, (height, width) = len(images) // columns, images.shape[-2:]
+    fig = Figure(figsize=(0.8 * columns + 1.2, 0.8 * rows + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    _show(ax, make_grid(images.clamp(0.0, 1.0), nrow=columns, padding=1, pad_value=1.0))
+    # make_grid puts tile k at pixels 1 + k * (side + 1) onwards, after a 1-pixel border.
+    ax.set_xticks([1 + c * (width + 1) + (width - 1) / 2 for c in range(columns)],
+                  [f"{w:.2g}" for w in torch.linspace(0.0, 1.0, columns).tolist()], fontsize=8)
+    ax.set_yticks([1 + r * (height + 1) + (height - 1) / 2 for r in range(rows)],
+                  [str(r + 1) for r in range(rows)], fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlabel("slerp weight w: x(1) = slerp(z0, z1, w)")
+    ax.set_ylabel("pair of prior noises (z0, z1)")
+    fig.suptitle(f"Interpolation between prior noises, decoded by the probability-flow ODE\n"
+                 f"{TITLES[run.sampler]}, {run.details()}, seed {seed}", fontsize=11)
+    return fig
+
+
+def runs_figure(runs, title: str, nrow: int = 8, panel_inches: float = 3.2) -> Figure:
     """Sample grids side by side, one panel per :class:`scoreops.compare.SampleRun`, each titled
-    with its sampler, setting and nfe (Figures 2 and 4).
+    with its sampler, settings and nfe (Figures 2 and 4, and the grids of ``scoreops compare``).
 
     Args:
         runs: the runs, in display order.
         title: the figure's title.
         nrow: images per row of each panel.
+        panel_inches: the width of each panel.
     """
     if not runs:
         raise ValueError("runs_figure needs at least one run")
-    fig = Figure(figsize=(3.2 * len(runs), 3.6), layout="constrained")
+    fig = Figure(figsize=(panel_inches * len(runs), panel_inches + 0.4), layout="constrained")
     for ax, run in zip(np.atleast_1d(fig.subplots(1, len(runs))), runs):
         grid = make_grid(run.samples.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
         _show(ax, grid)
-        setting = f"{run.steps} steps" if run.steps is not None else f"tol {run.tol:g}"
-        ax.set_title(f"{TITLES[run.sampler]}\n{setting}, {run.nfe} nfe", fontsize=10)
+        ax.set_title(f"{TITLES[run.sampler]}\n{run.details()}", fontsize=10)
     fig.suptitle(title)
     return fig
 
@@ -239,28 +261,33 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
     paths = []
     with tqdm(total=4 + bool(curves), desc="figures", unit="fig", disable=not progress) as bar:
         index = int(torch.randint(len(data_images), (), generator=torch.Generator().manual_seed(seed)))
-        paths.append(_save(forward_diffusion_figure(data_images[index], sde, seed=seed),
-                           out / "fig1_forward_diffusion.png"))
+        paths.append(save_figure(forward_diffusion_figure(data_images[index], sde, seed=seed),
+                                 out / "fig1_forward_diffusion.png"))
         bar.update()
         milstein = [draw_samples("milstein", model, sde, shape, num_samples=64, steps=n, **sample)
                     for n in milstein_steps]
-        paths.append(_save(runs_figure(milstein, "64 samples of the Milstein sampler"),
-                           out / "fig2_milstein_samples.png"))
+        paths.append(save_figure(runs_figure(milstein, f"64 samples of the paper's Milstein sampler (dg/dt "
+                                                       f"correction), seed {seed}"),
+                                 out / "fig2_milstein_samples.png"))
         bar.update()
-        paths.append(save_grid(interpolation_images(model, sde, shape, tol=tol, **sample),
-                               out / "fig3_interpolation.png"))
+        columns = 8
+        paths.append(save_figure(interpolation_figure(interpolation_run(model, sde, shape, columns=columns, tol=tol,
+                                                                        **sample), columns, seed),
+                                 out / "fig3_interpolation.png"))
         bar.update()
         runs = [draw_samples(name, model, sde, shape, num_samples=samplers_shown, steps=steps, tol=tol, **sample)
                 for name in SAMPLERS]
-        paths.append(_save(runs_figure(runs, "One model, four samplers, one seed",
-                                       nrow=math.ceil(math.sqrt(samplers_shown))), out / "fig4_samplers.png"))
+        paths.append(save_figure(runs_figure(runs, f"One model, four samplers, one seed: {samplers_shown} samples "
+                                                   f"each, seed {seed}", nrow=math.ceil(math.sqrt(samplers_shown))),
+                                 out / "fig4_samplers.png"))
         bar.update()
         if curves:
-            paths.append(_save(loss_figure(curves), out / "fig5_loss.png"))
+            paths.append(save_figure(loss_figure(curves), out / "fig5_loss.png"))
             bar.update()
     return paths
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
-    return path
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at 120 dpi; returns ``path``."""
+    fig.savefig(path, format="png", dpi=120)
+    return Path(path)

@@ -41,6 +41,7 @@ from .models import ScoreNet, model_options
 
 MODEL_FILE, EMA_FILE, OPTIM_FILE = "model.safetensors", "ema.safetensors", "optim.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"
+CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE)
 LOCK_FILE = ".lock"  # in the run folder, held by the training run writing to it
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_KEYS = ("in_channels", "channels", "embed_dim", "kernel_size", "padding", "activation")
@@ -209,11 +210,18 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: torch.nn.Mo
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder meant by ``path``: a checkpoint folder, a file inside one, a run
-    folder (its newest checkpoint) or a run's ``checkpoints`` folder."""
+    """The checkpoint folder meant by ``path``: a checkpoint folder, one of its files, a run
+    folder (its newest checkpoint) or a run's ``checkpoints`` folder.
+
+    Raises:
+        CheckpointError: ``path`` is none of these, e.g. a run's ``loss.csv``.
+    """
     path = Path(path)
     if path.is_file():
-        path = path.parent
+        if path.name not in CHECKPOINT_FILES or not (path.parent / STATE_FILE).is_file():
+            raise CheckpointError(f"{path} is not a scoreops checkpoint: give the run folder of `scoreops train` "
+                                  f"or one of its {CHECKPOINTS_DIR}/step-* folders")
+        return path.parent
     if (path / STATE_FILE).is_file():
         return path
     newest = latest_checkpoint(path.parent if path.name == CHECKPOINTS_DIR else path)

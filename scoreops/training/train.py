@@ -14,7 +14,6 @@ Outputs in ``--out``: ``checkpoints/step-*/`` (see :mod:`scoreops.checkpoint`), 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -30,13 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from ..core.checks import check_choice, check_int
-from ..sde import marginal_prob_std
 from . import checkpoint as ckpt
+from ..core.checks import check_choice, check_int
 from .data import DATASETS, data_location, load_images
 from .distributed import barrier, local_rank, mean_over_ranks, process_group
 from .ema import EMA
-from .models import ACTIVATIONS, PRESETS, ScoreNet, model_options
+from .models import PRESETS, ScoreNet, model_options
+from ..sde import marginal_prob_std
 
 # The model each data set gets when --preset is not given.
 DEFAULT_PRESET = {"digits": "digits", "mnist": "tutorial", "fashion-mnist": "tutorial",
@@ -47,7 +46,8 @@ RESUME_MAY_CHANGE = ("steps", "save_every", "data_dir", "download", "out", "resu
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Training options; ``None`` means the data set's or preset's default. See :func:`add_arguments`."""
+    """Training options (``scoreops train --help`` describes each); ``None`` means the data set's
+    or preset's default."""
 
     dataset: str = "digits"
     data_dir: str | None = None
@@ -94,60 +94,6 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(c) for c in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the training options to ``parser`` (used by ``scoreops train`` and ``-m scoreops.train``)."""
-    d = TrainConfig()
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="training images (default: %(default)s)")
-    data.add_argument("--data-dir", default=d.data_dir,
-                      help="torchvision data root (default: ./data), or the image folder for --dataset folder")
-    data.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
-    data.add_argument("--image-size", type=int, default=d.image_size,
-                      help="side of the square training images (default: 16 for digits, 28 for the MNISTs, 32 else)")
-    model = parser.add_argument_group("model (defaults: the preset's)")
-    model.add_argument("--preset", choices=tuple(PRESETS), default=d.preset,
-                       help="ScoreNet preset (default: digits for digits, tutorial for the MNISTs, paper else)")
-    model.add_argument("--channels", type=_int_list, default=d.channels, help="channels per level, e.g. 32,64,128")
-    model.add_argument("--embed-dim", type=int, default=d.embed_dim, help="time-embedding size")
-    model.add_argument("--kernel-size", type=int, default=d.kernel_size, help="convolution kernel size")
-    model.add_argument("--padding", type=int, default=d.padding, help="convolution padding (0 tutorial, 1 paper)")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=d.activation, help="activation function")
-    model.add_argument("--sigma", type=float, default=d.sigma,
-                       help="VE SDE sigma, g(t) = sigma**t (default: %(default)s)")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in total (default: %(default)s)")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size,
-                     help="images per step and per process (default: %(default)s)")
-    opt.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    opt.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (default: %(default)s)")
-    opt.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                     help="clip the gradient norm to this, 0 = off (default: %(default)s)")
-    opt.add_argument("--loss-eps", type=float, default=d.loss_eps,
-                     help="smallest training time t, t ~ U(eps, 1) (default: %(default)s)")
-    opt.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
-    opt.add_argument("--seed", type=int, default=d.seed,
-                     help="seed of the initial weights, data order and noise (default: %(default)s)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", default=d.out,
-                     help="run folder for checkpoints and the loss curve (default: %(default)s)")
-    run.add_argument("--save-every", type=int, default=d.save_every,
-                     help="write a checkpoint every this many steps, and at the end (default: %(default)s)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the newest checkpoint in --out (start afresh if there is none)")
-    run.add_argument("--device", default=d.device, help="torch device (default: cuda when available, else cpu)")
-    run.add_argument("--save-rank-weights", action="store_true",
-                     help="debugging: every process also writes its final weights to rank<R>.safetensors in --out, "
-                          "to check that DDP replicas agree")
-    return parser
 
 
 def dsm_loss(model: Callable, x: torch.Tensor, marginal_prob_std: Callable, eps: float = 1e-5,
@@ -286,7 +232,7 @@ class _Batches:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train as ``config`` says (see :func:`add_arguments`); returns the final checkpoint folder.
+    """Train as ``config`` says; returns the final checkpoint folder.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite; nothing is saved for that step, so
@@ -363,9 +309,3 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         out.mkdir(parents=True, exist_ok=True)
         save_file(model.state_dict(), out / f"rank{rank}.safetensors")
     return out / ckpt.CHECKPOINTS_DIR / f"step-{saved_at:08d}"
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed :func:`add_arguments` options."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
