@@ -28,12 +28,17 @@ __device__ __forceinline__ void combine(const Stages<scalar_t>& st, int64_t base
   for (int e = 0; e < 4; ++e) {
     acc[e] = 0.0f;
   }
-  for (int j = 0; j < st.count; ++j) {
-    float kv[4];
-    load4<kVec>(st.k[j] + base, n, kv);
+  // Unrolled over every slot with a guard: constant indices keep the stage table in the
+  // parameter space, where a loop to st.count would copy it to the stack.
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      acc[e] = acc[e] + st.coeff[j] * kv[e];
+  for (int j = 0; j < kMaxRkStages; ++j) {
+    if (j < st.count) {
+      float kv[4];
+      load4<kVec>(st.k[j] + base, n, kv);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        acc[e] = acc[e] + st.coeff[j] * kv[e];
+      }
     }
   }
 }
