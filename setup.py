@@ -1,5 +1,5 @@
-"""Build scoreops._C (CPU kernels always; CUDA kernels when a toolkit is found) and map kernels/
-to scoreops.kernels and benchmarks/ to scoreops.benchmarks.
+"""Build scoreops._C (CPU kernels always; CUDA kernels when a toolkit is found) and map
+benchmarks/ to scoreops.benchmarks.
 
     pip install --no-build-isolation .                       # against the installed torch
     python setup.py build_ext --inplace                      # development: scoreops/_C*.so
@@ -125,9 +125,9 @@ def _extension():
 setup(
     packages=["scoreops", "scoreops.core", "scoreops.ops", "scoreops.samplers", "scoreops.training",
               "scoreops.evaluation", "scoreops.kernels", "scoreops.benchmarks"],
-    # kernels/ and benchmarks/ stay top-level folders in the checkout (`python benchmarks/...`),
-    # and install inside the package so that `scoreops bench` finds the benchmarks.
-    package_dir={"scoreops": "scoreops", "scoreops.kernels": "kernels", "scoreops.benchmarks": "benchmarks"},
+    # benchmarks/ stays a top-level folder in the checkout (`python benchmarks/...`) and installs
+    # inside the package, so that `scoreops bench` finds the benchmarks.
+    package_dir={"scoreops": "scoreops", "scoreops.benchmarks": "benchmarks"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     # One abi3 wheel serves every later Python: the module uses only the limited C API (no pybind11).

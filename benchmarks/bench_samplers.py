@@ -3,7 +3,7 @@
 For each score network (the tutorial's ScoreNet at 28x28, and a tiny one where per-step overhead
 dominates) and each sampler (EM, Milstein, PC, probability-flow ODE), one run times side by side:
 
-* ``eager``: the tutorial-style sampler of :mod:`scoreops.reference` (``torch.randn_like`` noise;
+* ``eager``: the tutorial-style sampler of :mod:`scoreops.evaluation.reference` (``torch.randn_like`` noise;
   the ODE through scipy's ``solve_ivp`` RK45 with a numpy round trip per evaluation);
 * ``scoreops``: the scoreops sampler (fused step ops) in its plain Python loop;
 * ``scoreops+graph``: the same with the whole loop replayed as one CUDA graph (GPU only).
@@ -210,7 +210,7 @@ COLUMNS = [
 ]
 
 NOTES = """
-`eager`: the tutorial-style samplers of `scoreops.reference` (the ODE: scipy `solve_ivp` RK45,
+`eager`: the tutorial-style samplers of `scoreops.evaluation.reference` (the ODE: scipy `solve_ivp` RK45,
 float64, a numpy round trip per evaluation). `scoreops`: the fused samplers, plain loop;
 `scoreops+graph`: the loop as one CUDA graph. Same x(1) for all; the ODE samplers share atol =
 rtol. `steps`: loop steps (accepted steps for the ODE); `nfe`: score-model calls. `model` and

@@ -68,7 +68,7 @@ CoefMode check_coef(const char* op, const at::Tensor& c, const char* name, const
   TORCH_CHECK_VALUE(c.defined(), op, ": ", name, " is undefined");
   TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", c.scalar_type());
   TORCH_CHECK_VALUE(c.device() == x.device(), op, ": ", name, " is on ", c.device(), " but x is on ", x.device());
-  // The layout rule of scoreops.checks.coef_layout: decided by shape, not by element count.
+  // The layout rule of scoreops.core.checks.coef_layout: decided by shape, not by element count.
   if (c.numel() == 1) {
     return CoefMode::kScalar;
   }

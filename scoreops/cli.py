@@ -301,7 +301,7 @@ def _add_figure_options(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- subcommands
 def write_samples(run, out: Path, info: dict) -> list[Path]:
-    """Save a :class:`~scoreops.compare.SampleRun` as ``samples-<label>.png`` (a grid of 8 columns)
+    """Save a :class:`~scoreops.evaluation.compare.SampleRun` as ``samples-<label>.png`` (a grid of 8 columns)
     and ``samples-<label>.safetensors`` (key ``samples``: the raw (N, C, H, W) float32 tensor,
     not clamped; as metadata ``info``, the settings the run's sampler has, nfe and seconds)."""
     from safetensors.torch import save_file
@@ -377,7 +377,7 @@ def cmd_figures(args: argparse.Namespace) -> Path:
 def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, samplers, steps, ode_tols,
                 num_samples: int, seed: int, device: torch.device, backend: str, classifier_cache: str | None,
                 classifier_epochs: int, checkpoint: str) -> Path:
-    """Compare the samplers on ``model`` (see :mod:`scoreops.compare`); writes ``compare.md``,
+    """Compare the samplers on ``model`` (see :mod:`scoreops.evaluation.compare`); writes ``compare.md``,
     ``compare.json`` and ``grids/<run>.png`` (each titled with its settings, nfe and seed) into
     ``out`` and returns the markdown's path."""
     from .evaluation import compare, metrics

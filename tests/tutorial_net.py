@@ -1,5 +1,5 @@
 """Test helper: the tutorial's MNIST ScoreNet as its ``state_dict`` names and shapes, and its
-forward pass written in the functional API on those named weights, independent of scoreops.models."""
+forward pass written in the functional API on those named weights, independent of scoreops.training.models."""
 from __future__ import annotations
 
 import math

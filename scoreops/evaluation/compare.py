@@ -15,7 +15,8 @@ A ``data`` row gives the same numbers for ``num_samples`` real images, which is 
 number can reach at this sample size (the Frechet distance of a finite sample is biased upwards),
 and the classifier's accuracy on held-out real images. Samples are clamped to the data range
 [0, 1] before they are measured, as they are when saved as images. The feature classifier is
-:class:`scoreops.metrics.FeatureClassifier`, cached by :func:`scoreops.metrics.load_or_train_classifier`.
+:class:`scoreops.evaluation.metrics.FeatureClassifier`, cached by
+:func:`scoreops.evaluation.metrics.load_or_train_classifier`.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def load_labelled(dataset: str, data_dir: str | None = None, image_size: int | N
 
     Args:
         dataset: one of :data:`LABELLED_DATASETS` (an image ``folder`` has no labels).
-        data_dir, image_size: as for :func:`scoreops.data.load_images`.
+        data_dir, image_size: as for :func:`scoreops.training.data.load_images`.
     """
     if dataset not in LABELLED_DATASETS:
         raise ValueError(f"the sample metrics need class labels to train their feature classifier; dataset "

@@ -161,7 +161,7 @@ def interpolation_figure(run: SampleRun, columns: int, seed: int) -> Figure:
 
 
 def runs_figure(runs, title: str, nrow: int = 8, panel_inches: float = 3.2) -> Figure:
-    """Sample grids side by side, one panel per :class:`scoreops.compare.SampleRun`, each titled
+    """Sample grids side by side, one panel per :class:`scoreops.evaluation.compare.SampleRun`, each titled
     with its sampler, settings and nfe (Figures 2 and 4, and the grids of ``scoreops compare``).
 
     Args:

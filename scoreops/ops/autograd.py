@@ -18,20 +18,17 @@ from __future__ import annotations
 import torch
 
 from ..core.checks import coef_layout
-
-
-def _coef_view(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A step coefficient as float32 broadcasting against x viewed as (B, D)."""
-    layout = coef_layout("coefficient", coef.shape, x.shape)
-    return coef.float().reshape({"scalar": (1, 1), "per_sample": (x.shape[0], 1), "per_element": (x.shape[0], -1)}[
-        layout])
+from .torch_ops import coef_view
 
 
 def _reduce_to(coef: torch.Tensor, g: torch.Tensor, x_shape) -> torch.Tensor:
     """A coefficient's gradient from the per-element products g (B, D) of x: summed over the
     elements the coefficient is broadcast to, in the coefficient's shape and dtype."""
     layout = coef_layout("coefficient", coef.shape, x_shape)
-    g = {"scalar": lambda: g.sum(), "per_sample": lambda: g.sum(dim=1), "per_element": lambda: g}[layout]()
+    if layout == "scalar":
+        g = g.sum()
+    elif layout == "per_sample":
+        g = g.sum(dim=1)
     return g.reshape(coef.shape).to(coef.dtype)
 
 
@@ -49,7 +46,7 @@ def _sde_step_backward(philox_normal):
         g = grad.float().reshape(batch, -1)
         need_x, need_s, need_a, need_b, need_c = ctx.needs_input_grad[:5]
         grads = [grad if need_x else None,
-                 (_coef_view(a, grad) * g).reshape(grad.shape).to(s.dtype) if need_s else None,
+                 (coef_view("a", a, grad) * g).reshape(grad.shape).to(s.dtype) if need_s else None,
                  _reduce_to(a, g * s.float().reshape(batch, -1), grad.shape) if need_a else None, None, None]
         if add_noise and (need_b or need_c):
             z = philox_normal(seed, step, lane, sample_offset, batch, g.shape[1]) if batch else g

@@ -148,22 +148,18 @@ def _zero(device: torch.device) -> torch.Tensor:
 def philox_normal(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
                   device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """Standard normals of the stream: float32 (batch, numel) for samples ``sample_offset + i``."""
-    device = canonical_device(device)
-    batch, numel = _check_sizes(batch, numel)
-    seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
-    impl = implementation("philox_normal", resolve_backend(backend, device))
-    return impl(seed, step, lane, sample_offset, batch, numel)
+    return _stream_op("philox_normal", batch, numel, seed, step, lane, sample_offset, device, backend)
 
 
 def philox_bits(batch: int, numel: int, *, seed, step=0, lane: int = 0, sample_offset: int = 0,
                 device: torch.device | str = "cpu", backend: str = "auto") -> torch.Tensor:
     """The stream's raw uint32 words bit-cast to int32: (batch, 4 * ceil(numel / 4))."""
+    return _stream_op("philox_bits", batch, numel, seed, step, lane, sample_offset, device, backend)
+
+
+def _stream_op(name: str, batch, numel, seed, step, lane, sample_offset, device, backend) -> torch.Tensor:
+    """Check the raw stream ops' arguments and call op ``name`` on the chosen backend."""
     device = canonical_device(device)
-    batch, numel = _check_sizes(batch, numel)
+    batch, numel = check_int("batch", batch, 0), check_int("numel", numel, 0)
     seed, step = as_counter("seed", seed, device), as_counter("step", step, device)
-    impl = implementation("philox_bits", resolve_backend(backend, device))
-    return impl(seed, step, lane, sample_offset, batch, numel)
-
-
-def _check_sizes(batch, numel) -> tuple[int, int]:
-    return check_int("batch", batch, 0), check_int("numel", numel, 0)
+    return implementation(name, resolve_backend(backend, device))(seed, step, lane, sample_offset, batch, numel)

@@ -18,8 +18,8 @@ def _host_counter(t: torch.Tensor) -> int:
     return int(t.reshape(-1)[0].item())
 
 
-def _per_sample_view(name: str, coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A coefficient (see :func:`scoreops.checks.coef_layout`) as float32 broadcasting against x
+def coef_view(name: str, coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A coefficient (see :func:`scoreops.core.checks.coef_layout`) as float32 broadcasting against x
     viewed as (B, D)."""
     b = x.shape[0]
     shape = {"scalar": (1, 1), "per_sample": (b, 1), "per_element": (b, -1)}[coef_layout(name, coef.shape, x.shape)]
@@ -49,10 +49,10 @@ def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     x2 = x.reshape(x.shape[0], -1).to(torch.float32)
     s2 = s.reshape(x2.shape).to(torch.float32)
-    out = x2 + _per_sample_view("a", a, x) * s2
+    out = x2 + coef_view("a", a, x) * s2
     if add_noise:
         z = stream_noise_like(x, seed, step, lane, sample_offset)
-        out = out + _per_sample_view("b", b, x) * z + _per_sample_view("c", c, x) * (z * z - 1.0)
+        out = out + coef_view("b", b, x) * z + coef_view("c", c, x) * (z * z - 1.0)
     return out.reshape(x.shape).to(x.dtype)
 
 

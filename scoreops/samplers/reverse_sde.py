@@ -6,7 +6,7 @@ of the last step. Each step of the reverse SDE is one call of the score model an
 (:func:`scoreops.ops.sde_step`; the PC corrector is :func:`scoreops.ops.langevin_correct`),
 with its noise drawn inside the op from the scoreops noise stream:
 
-* the prior sample x(1) takes lane :data:`scoreops.noise.PRIOR_LANE` at stream step 0;
+* the prior sample x(1) takes lane :data:`scoreops.core.noise.PRIOR_LANE` at stream step 0;
 * loop step k (k = 0 at t = 1) takes stream step k: lane 0 for the predictor, lane 1 + r for
   the r-th corrector step.
 

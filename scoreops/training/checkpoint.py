@@ -168,7 +168,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: torch.nn.Mo
         run_dir: the run folder.
         step: optimiser steps taken so far.
         model: the trained model (not the DDP wrapper).
-        ema: its :class:`scoreops.ema.EMA`.
+        ema: its :class:`scoreops.training.ema.EMA`.
         optimizer: the optimiser.
         config: JSON-serialisable run configuration; must hold the keys of :data:`MODEL_KEYS`
             and ``sigma`` so that :func:`load_model` can rebuild the model.

@@ -9,7 +9,7 @@ the noise of step k on rank r comes from a generator seeded by (seed, r, k). A c
 step k therefore fixes the rest of the run, and ``--resume`` ends with the same weights as an
 uninterrupted run.
 
-Outputs in ``--out``: ``checkpoints/step-*/`` (see :mod:`scoreops.checkpoint`), ``loss.csv`` and
+Outputs in ``--out``: ``checkpoints/step-*/`` (see :mod:`scoreops.training.checkpoint`), ``loss.csv`` and
 ``loss.png``, rewritten with every checkpoint.
 """
 from __future__ import annotations

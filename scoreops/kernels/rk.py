@@ -11,10 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from scoreops.core.checks import MAX_RK_STAGES, check_stages
+from scoreops.core.checks import MAX_RK_STAGES, check_float, check_stages
 
-from ._common import (BLOCK_ELEMENTS, block_size, check_device, check_float, check_index_range, mul, round_to,
-                      triton_op, wrap_triton)
+from ._common import BLOCK_ELEMENTS, block_size, check_device, check_index_range, mul, round_to, triton_op, wrap_triton
 
 
 @triton.jit

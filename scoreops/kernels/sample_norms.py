@@ -11,8 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device,
-                      check_index_range, triton_op, wrap_triton)
+from scoreops.core.checks import check_batched
+
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, check_index_range,
+                      triton_op, wrap_triton)
 from .philox import stream_normals
 
 # CUDA limits the second grid dimension; programs loop over chunks beyond it.

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from scoreops.core.checks import COEF_LAYOUTS, coef_layout
+from scoreops.core.checks import COEF_LAYOUTS, check_batched, check_float, coef_layout
 
-from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_batched, check_counters, check_device, check_float,
-                      check_index_range, check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, check_index_range,
+                      check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
 from .philox import stream_normals
 
 

@@ -12,7 +12,6 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from triton.language.extra import libdevice
 
-from scoreops.core.checks import check_batched, check_float  # noqa: F401  (re-exported to the wrappers)
 
 INTERPRETED: bool = triton.knobs.runtime.interpret
 """True when ``triton.jit`` makes interpreted kernels (``TRITON_INTERPRET=1``), which run on CPU tensors."""
