@@ -136,6 +136,26 @@ void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step
   TORCH_CHECK_VALUE(numel >= 0 && numel < kMaxPerSample, op, ": numel must be in [0, 2**34), got ", numel);
 }
 
+int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                         const at::Tensor& step) {
+  constexpr const char* op = "sigma_step";
+  check_batch(op, x, "x");
+  const auto k = static_cast<int64_t>(terms.size());
+  TORCH_CHECK_VALUE(k <= kMaxTerms, op, ": at most ", kMaxTerms, " terms per call, got ", k);
+  for (int64_t j = 0; j < k; ++j) {
+    const std::string name = "terms[" + std::to_string(j) + "]";
+    check_like(op, terms[j], name.c_str(), x, "x");
+  }
+  TORCH_CHECK_VALUE(coefs.defined(), op, ": coefs is undefined");
+  TORCH_CHECK_TYPE(coefs.scalar_type() == at::kFloat, op, ": coefs must be float32, got ", coefs.scalar_type());
+  TORCH_CHECK_VALUE(coefs.device() == x.device(), op, ": coefs is on ", coefs.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(coefs.dim() == 1 && coefs.size(0) == k + 2, op, ": coefs must have shape (", k + 2,
+                    ",) = (a, one per term, e) for ", k, " terms, got shape ", coefs.sizes());
+  check_counter(op, seed, "seed", x.device());
+  check_counter(op, step, "step", x.device());
+  return k;
+}
+
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs) {
   check_stages("rk_combine", y, ks, coeffs, "stage");
 }
@@ -157,6 +177,9 @@ TORCH_LIBRARY(scoreops, m) {
       "sde_step_(Tensor(a!) x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
       "int sample_offset, bool add_noise) -> ()");
   m.def("sample_sq_norms(Tensor s, Tensor seed, Tensor step, int lane, int sample_offset, bool with_noise) -> Tensor");
+  m.def(
+      "sigma_step(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int lane, int sample_offset, "
+      "bool add_noise) -> Tensor");
   m.def("rk_combine(Tensor y, Tensor[] ks, float[] coeffs, float h) -> Tensor");
   m.def("rk_error_sq(Tensor y, Tensor y_new, Tensor[] ks, float[] e, float h, float atol, float rtol) -> Tensor");
 }

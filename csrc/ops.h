@@ -12,6 +12,8 @@ namespace scoreops {
 // The most Runge-Kutta stages one rk_combine / rk_error_sq call takes, on every backend
 // (scoreops.core.checks.MAX_RK_STAGES; the Triton kernels take each stage as an argument).
 constexpr int64_t kMaxRkStages = 8;
+// The most terms one sigma_step call combines, on every backend (scoreops.core.checks.MAX_TERMS).
+constexpr int64_t kMaxTerms = 8;
 
 // How a step coefficient (a, b or c of sde_step) is indexed for element j of sample i.
 enum class CoefMode : int32_t {
@@ -36,6 +38,9 @@ StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const
                                  const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step);
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step);
 void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
+// sigma_step's checks; returns the number of terms K (coefs holds K + 2 values).
+int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                         const at::Tensor& step);
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs);
 void check_rk_error_sq(const at::Tensor& y, const at::Tensor& y_new, at::TensorList ks, at::ArrayRef<double> e);
 

@@ -103,6 +103,17 @@ inline int64_t read_counter(const at::Tensor& t) {
   return *t.const_data_ptr<int64_t>();
 }
 
+// The noise-stream arguments shared by every tile of one call.
+struct StreamArgs {
+  int64_t seed, step, lane, sample_offset;
+  StreamKey key(int64_t row) const { return stream_key(seed, step, lane, sample_offset + row); }
+};
+
+inline StreamArgs host_stream_args(const at::Tensor& seed, const at::Tensor& step, int64_t lane,
+                                   int64_t sample_offset) {
+  return {read_counter(seed), read_counter(step), lane, sample_offset};
+}
+
 // Stream normals of elements [j0, j0 + n) of the sample `key` names (j0 a multiple of 4).
 void fill_normals(StreamKey key, int64_t j0, int64_t n, float* out);
 // Raw stream words of groups [g0, g0 + groups): 4 * groups words.

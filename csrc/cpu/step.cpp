@@ -12,16 +12,6 @@
 namespace scoreops::cpu {
 namespace {
 
-// The noise-stream arguments shared by every tile of one call.
-struct StreamArgs {
-  int64_t seed, step, lane, sample_offset;
-  StreamKey key(int64_t row) const { return stream_key(seed, step, lane, sample_offset + row); }
-};
-
-StreamArgs host_stream_args(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset) {
-  return {read_counter(seed), read_counter(step), lane, sample_offset};
-}
-
 // out = (x + a s + b z) + c (z^2 - 1), rounded in the order the torch reference rounds.
 SCOREOPS_CPU_CLONES
 void noisy_update(const float* x, const float* s, const float* a, const float* b, const float* c, const float* z,

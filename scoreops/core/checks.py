@@ -145,6 +145,10 @@ def check_batched(name: str, t) -> torch.Tensor:
 #: csrc/ops.h mirrors the number as kMaxRkStages).
 MAX_RK_STAGES = 8
 
+#: The most terms one sigma_step call combines, on every backend (csrc/ops.h: kMaxTerms).
+#: iPNDM needs 7: D_i and the three earlier (x, D) pairs.
+MAX_TERMS = 8
+
 
 def check_stages(y, ks, coeffs, what: str = "stage") -> None:
     """``ks`` is a non-empty list of at most :data:`MAX_RK_STAGES` tensors like ``y``, with one

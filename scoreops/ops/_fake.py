@@ -51,6 +51,12 @@ def _sample_sq_norms(s, seed, step, lane, sample_offset, with_noise):
     return s.new_empty((s.shape[0], 2), dtype=torch.float32)
 
 
+@torch.library.register_fake("scoreops::sigma_step")
+def _sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise):
+    _same_device(x, terms, coefs, seed, step)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("scoreops::rk_combine")
 def _rk_combine(y, ks, coeffs, h):
     _same_device(y, ks)

@@ -56,6 +56,20 @@ def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise
     return out.reshape(x.shape).to(x.dtype)
 
 
+def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+    """``a*x + sum_k b_k*terms[k] + e*z`` with ``coefs = (a, b_0, ..., b_{K-1}, e)``, z from the stream
+    (dropped unless add_noise); float32, accumulated in that order, result in x's dtype."""
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    c = coefs.to(torch.float32)
+    out = c[0] * x.reshape(x.shape[0], -1).to(torch.float32)
+    for k, term in enumerate(terms):
+        out = out + c[1 + k] * term.reshape(out.shape).to(torch.float32)
+    if add_noise:
+        out = out + c[len(terms) + 1] * stream_noise_like(x, seed, step, lane, sample_offset)
+    return out.reshape(x.shape).to(x.dtype)
+
+
 def sample_sq_norms(s, seed, step, lane: int, sample_offset: int, with_noise: bool) -> torch.Tensor:
     """float32 (B, 2): per-sample sum of s**2, and of z**2 (zeros unless with_noise)."""
     b = s.shape[0]
