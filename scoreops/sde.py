@@ -53,6 +53,13 @@ def diffusion_coeff(t, sigma: float = 25.0) -> torch.Tensor:
     return torch.exp(math.log(_check_sigma(sigma)) * t)
 
 
+def time_of_std(std, sigma: float = 25.0) -> torch.Tensor:
+    """The inverse of :func:`marginal_prob_std`: ``t = ln(1 + 2 ln(sigma) std**2) / (2 ln(sigma))``."""
+    std = _as_time(std)
+    log_sigma = math.log(_check_sigma(sigma))
+    return torch.log1p(2.0 * log_sigma * std * std) / (2.0 * log_sigma)
+
+
 def diffusion_coeff_dt(t, sigma: float = 25.0) -> torch.Tensor:
     """Time derivative ``dg/dt = ln(sigma) * sigma**t``; a tensor of t's shape, device and dtype."""
     log_sigma = math.log(_check_sigma(sigma))
@@ -78,6 +85,10 @@ class VESDE:
     def marginal_prob_std(self, t) -> torch.Tensor:
         """``std(t)``, see :func:`marginal_prob_std`."""
         return marginal_prob_std(t, self.sigma)
+
+    def time_of_std(self, std) -> torch.Tensor:
+        """The time t at which ``marginal_prob_std(t) = std``, see :func:`time_of_std`."""
+        return time_of_std(std, self.sigma)
 
     def diffusion_coeff(self, t) -> torch.Tensor:
         """``g(t) = sigma**t``, see :func:`diffusion_coeff`."""

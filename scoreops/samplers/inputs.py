@@ -49,25 +49,25 @@ def starting_sample(name: str, x_T, schedule: Schedule, batch_size, shape, seed,
                         backend=backend)
 
 
-def checked(score_model):
-    """score_model wrapped with checks of its output; used for its first call in a run."""
-    def score(x, t):
+def checked(model, name: str = "score_model"):
+    """``model(x, t_or_sigma)`` wrapped with checks of its output; used for its first call in a run."""
+    def call(x, t):
         try:
-            s = score_model(x, t)
+            s = model(x, t)
         except RuntimeError as e:
             if isinstance(e, torch.OutOfMemoryError):
                 raise
-            raise ValueError(f"score_model(x, t) failed for x of shape {tuple(x.shape)} = (batch_size, *shape) and "
+            raise ValueError(f"{name}(x, t) failed for x of shape {tuple(x.shape)} = (batch_size, *shape) and "
                              f"dtype {x.dtype}, t of dtype {t.dtype}: do shape and dtype match the model? ({e})") from e
         if not isinstance(s, torch.Tensor):
-            raise TypeError(f"score_model must return a tensor, got {type(s).__name__}")
+            raise TypeError(f"{name} must return a tensor, got {type(s).__name__}")
         if s.shape != x.shape:
-            raise ValueError(f"score_model returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}; "
-                             "the score must have x's shape")
+            raise ValueError(f"{name} returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}; "
+                             "its output must have x's shape")
         if s.dtype != x.dtype:
-            raise TypeError(f"score_model returned {s.dtype} for x of dtype {x.dtype}; the score must have x's "
-                            "dtype (pass x_T in the model's dtype)")
+            raise TypeError(f"{name} returned {s.dtype} for x of dtype {x.dtype}; its output must have x's "
+                            "dtype (pass x in the model's dtype)")
         if s.device != x.device:
-            raise ValueError(f"score_model returned a tensor on {s.device} for x on {x.device}")
+            raise ValueError(f"{name} returned a tensor on {s.device} for x on {x.device}")
         return s
-    return score
+    return call

@@ -1,13 +1,21 @@
-"""The SDE's functions as the samplers read them: ``std(t)``, ``g(t)`` and ``dg/dt`` from a
-:class:`~scoreops.sde.VESDE` or the tutorial's two functions, and the tutorial's time grid."""
+"""The SDE's functions as the samplers read them: ``std(t)``, ``g(t)``, ``dg/dt`` and the inverse
+``t(sigma)``, from a :class:`~scoreops.sde.VESDE` or the tutorial's two functions; the tutorial's
+time grid and the noise-level (sigma) grids of the few-step samplers."""
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
 import numpy as np
 import torch
 
+from .. import sde as _sde
 from ..sde import VESDE
+
+#: The sigma grids: Karras et al.'s (rho = 7 by default), uniform in log sigma, and the
+#: tutorial's grid uniform in t, mapped to sigma = std(t).
+SIGMA_SCHEDULES = ("karras", "log_sigma", "uniform_t")
 
 
 class Schedule:
@@ -20,11 +28,13 @@ class Schedule:
                                  "or the two functions marginal_prob_std and diffusion_coeff")
             sde = marginal_prob_std
             self._std, self._g, self._dg_dt = sde.marginal_prob_std, sde.diffusion_coeff, sde.diffusion_coeff_dt
+            self._time_of_std = sde.time_of_std
             return
         for name, fn in (("marginal_prob_std", marginal_prob_std), ("diffusion_coeff", diffusion_coeff)):
-            if not callable(fn):
+            if not (callable(fn) or (name == "diffusion_coeff" and fn is None)):
                 raise TypeError(f"{name} must be a VESDE or a function of t, got {type(fn).__name__}")
         self._std, self._g, self._dg_dt = marginal_prob_std, diffusion_coeff, None
+        self._time_of_std = _closed_form_inverse(marginal_prob_std)
 
     @staticmethod
     def _eval(name: str, fn, t: torch.Tensor) -> torch.Tensor:
@@ -54,7 +64,56 @@ class Schedule:
         return self._eval("marginal_prob_std", self._std, t)
 
     def g(self, t: torch.Tensor) -> torch.Tensor:
+        if self._g is None:
+            raise ValueError("this sampler needs diffusion_coeff (or a VESDE as marginal_prob_std)")
         return self._eval("diffusion_coeff", self._g, t)
+
+    def std_at(self, t: torch.Tensor) -> torch.Tensor:
+        """std(t) computed on t's device, as float32 of t's shape (no host round trip)."""
+        return torch.as_tensor(self._std(t), device=t.device).to(torch.float32).reshape(t.shape)
+
+    def time_of_std(self, sigma: torch.Tensor) -> torch.Tensor:
+        """t with ``std(t) = sigma``, on sigma's device and in its dtype.
+
+        Closed form for a VESDE and for :func:`scoreops.sde.marginal_prob_std` (also through
+        ``functools.partial``); for any other function, bisection on [0, 1] on sigma's device in
+        float64 (60 halvings: to float64 resolution), which assumes std increases in t.
+        """
+        if self._time_of_std is not None:
+            return self._time_of_std(sigma).to(sigma.dtype)
+        lo = torch.zeros_like(sigma, dtype=torch.float64)
+        hi = torch.ones_like(lo)
+        target = sigma.to(torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the tutorial's torch.tensor(t) of a tensor, 60 times
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                below = torch.as_tensor(self._std(mid), device=mid.device).to(torch.float64) < target
+                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(sigma.dtype)
+
+    def sigmas(self, schedule: str, num_points: int, eps: float, rho: float = 7.0) -> torch.Tensor:
+        """A decreasing float64 CPU grid of ``num_points`` noise levels from std(1) to std(eps).
+
+        ``"karras"``: ``(s_max**(1/rho) + i/(N-1) (s_min**(1/rho) - s_max**(1/rho)))**rho``;
+        ``"log_sigma"``: ln sigma linear; ``"uniform_t"``: ``std(linspace(1, eps, N))``, the
+        tutorial's grid (in float64).
+        """
+        ends = self.std(torch.tensor([1.0, eps], dtype=torch.float64))
+        s_max, s_min = float(ends[0]), float(ends[1])
+        if not 0 < s_min < s_max:
+            raise ValueError(f"marginal_prob_std must increase from t = eps to 1 with std(eps) > 0, got "
+                             f"std({eps}) = {s_min:.4g} and std(1) = {s_max:.4g}")
+        if schedule == "uniform_t":
+            return self.std(torch.from_numpy(np.linspace(1.0, eps, num_points)))
+        u = torch.linspace(0.0, 1.0, num_points, dtype=torch.float64)
+        if schedule == "log_sigma":
+            return torch.exp(math.log(s_max) + u * (math.log(s_min) - math.log(s_max)))
+        if schedule == "karras":
+            if not rho > 0:
+                raise ValueError(f"rho must be > 0, got {rho!r}")
+            return (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {schedule!r}")
 
     def dg_dt(self, t: torch.Tensor) -> torch.Tensor:
         """dg/dt: closed form for a VESDE, else autograd, else a central difference."""
@@ -80,6 +139,17 @@ class Schedule:
         # truncation and the roundoff of the precision diffusion_coeff computes in.
         h = torch.finfo(_precision(self._g(t[:1]) if raw is None else raw)).eps ** (1 / 3)
         return (self.g(t + h) - self.g(t - h)) / (2 * h)
+
+
+def _closed_form_inverse(marginal_prob_std):
+    """``sigma -> t`` in closed form when marginal_prob_std is :func:`scoreops.sde.marginal_prob_std`
+    (bare, or a ``functools.partial`` that sets only sigma), else None."""
+    fn, kwargs = marginal_prob_std, {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        fn, kwargs = fn.func, fn.keywords
+    if fn is _sde.marginal_prob_std and set(kwargs) <= {"sigma"}:
+        return functools.partial(_sde.time_of_std, **kwargs)
+    return None
 
 
 def _precision(v) -> torch.dtype:

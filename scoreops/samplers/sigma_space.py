@@ -1,0 +1,321 @@
+"""Few-step samplers in noise-level (sigma) space, k-diffusion's convention: ``(denoiser, x, sigmas)``.
+
+``denoiser(x, sigma)`` predicts the clean data x0 from x at noise level sigma (a (B,) float32
+tensor); ``sigmas`` is a decreasing grid, and a last value of 0 makes the last step the final
+denoise ``x' = D(x, sigma_last)``. Each step calls the denoiser once (Heun: twice) and makes one
+fused update (:func:`scoreops.ops.sigma_step`) whose coefficients come from a float64 table
+(:mod:`.sigma_updates`) held on the device, so the loop never syncs with the host; the noise of
+step i is the stream's (seed, step i, lane 0), as in the SDE samplers, so sample ``sample_offset + j``
+does not depend on the batch it is drawn in. A score model becomes a denoiser through
+:func:`scoreops.samplers.score_to_denoiser`.
+
+Score evaluations (NFE) for a grid of N steps ending at 0: N for every sampler but Heun, which
+takes 2N - 1 (its step to 0 is a single Euler step).
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..core import noise
+from ..core.checks import check_batched, check_choice, check_int, check_sample_range
+from . import sigma_updates as U
+from .inputs import checked, seed_tensor
+from .loop import aligned_rows
+
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def check_sigmas(sigmas) -> torch.Tensor:
+    """sigmas as a float64 CPU tensor: 1-D, at least 2 values, finite, positive and strictly
+    decreasing, except for a last value that may be 0."""
+    s = torch.as_tensor(sigmas.detach().cpu() if isinstance(sigmas, torch.Tensor) else sigmas, dtype=torch.float64)
+    if s.dim() != 1 or s.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D grid of at least 2 noise levels, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError("sigmas contains NaN or Inf")
+    if not (s[:-1] > 0).all() or s[-1] < 0:
+        raise ValueError(f"sigmas must be positive (the last may be 0), got min {float(s.min()):.4g}")
+    if not (s[1:] < s[:-1]).all():
+        k = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ValueError(f"sigmas must be strictly decreasing, but sigmas[{k + 1}] = {float(s[k + 1]):.6g} >= "
+                         f"sigmas[{k}] = {float(s[k]):.6g}")
+    return s
+
+
+def _check_nonneg(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0 or v == float("inf"):
+        raise ValueError(f"{name} must be a finite float >= 0, got {v!r}")
+    return float(v)
+
+
+class _Run:
+    """One sampler call: the checked arguments, the device tables and the fused update."""
+
+    def __init__(self, name, denoiser, x, sigmas, seed, sample_offset, backend, progress):
+        self.name = name
+        check_batched("x", x)
+        if x.shape[0] == 0 or x.numel() == 0:
+            raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+        if x.device.type == "meta":
+            raise ValueError("the meta device has no data to sample; use a CPU or CUDA device")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or Inf")
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
+        self.sigmas = check_sigmas(sigmas)
+        self.n = len(self.sigmas) - 1
+        self.sample_offset = check_int("sample_offset", sample_offset, 0)
+        check_sample_range(self.sample_offset, x.shape[0])
+        self.device, self.batch = x.device, x.shape[0]
+        self.impl = ops.resolve_backend(backend, x.device)
+        self.op = ops.implementation("sigma_step", self.impl)
+        self.seed = seed_tensor(seed, x.device)
+        self.steps = aligned_rows(torch.arange(self.n, dtype=torch.int64, device=x.device).reshape(-1, 1))
+        self.progress = bool(progress)
+        self._first = checked(denoiser, "denoiser")
+        self._denoiser = denoiser
+        self._calls = 0
+
+    def sigma_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """float64 (N,) noise levels as the denoiser's (N, B) float32 device inputs."""
+        return aligned_rows(values.to(device=self.device, dtype=torch.float32).reshape(-1, 1).repeat(1, self.batch))
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x, sigma); the first call checks the output's shape, dtype and device."""
+        fn = self._first if self._calls == 0 else self._denoiser
+        self._calls += 1
+        return fn(x, sigma)
+
+    def table(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        """A float64 coefficient table as float32 device rows, and which rows add noise."""
+        return aligned_rows(rows.to(device=self.device, dtype=torch.float32)), (rows[:, -1] != 0).tolist()
+
+    def update(self, i: int, x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor,
+               noisy: bool) -> torch.Tensor:
+        """``a x + sum_k b_k terms[k] + e z`` with row ``coefs``, z of stream step i."""
+        return self.op(x, terms, coefs, self.seed, self.steps[i], noise.LANE_PREDICTOR, self.sample_offset, noisy)
+
+    def range(self):
+        return tqdm(range(self.n), desc=self.name, disable=not self.progress)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """x, after one host sync that refuses NaN or Inf."""
+        if not torch.isfinite(x).all():
+            raise RuntimeError(f"{self.name}: the samples contain NaN or Inf (does the denoiser return finite "
+                               f"values at every sigma of the grid, from {float(self.sigmas[0]):.4g} down to "
+                               f"{float(self.sigmas[-1]):.4g}?)")
+        return x
+
+
+def _churned(run: _Run, x: torch.Tensor, i: int, hats: torch.Tensor, lift: list[float],
+             lift_rows: torch.Tensor) -> torch.Tensor:
+    """EDM's churn: x lifted to sigma_hat_i by noise of std lift[i] (nothing where it is 0)."""
+    return run.update(i, x, [], lift_rows[i], True) if lift[i] > 0 else x
+
+
+def _churn_tables(run: _Run, s_churn, s_tmin, s_tmax, s_noise):
+    s_churn, s_tmin, s_noise = (_check_nonneg(n, v) for n, v in
+                                (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)))
+    if isinstance(s_tmax, bool) or not isinstance(s_tmax, numbers.Real) or not s_tmax >= s_tmin:
+        raise ValueError(f"s_tmax must be a float >= s_tmin = {s_tmin}, got {s_tmax!r}")
+    hats, lift = U.churn(run.sigmas, s_churn, s_tmin, float(s_tmax), s_noise)
+    lift_rows = aligned_rows(torch.stack([torch.ones_like(lift), lift], 1).to(run.device, torch.float32))
+    return hats, lift.tolist(), lift_rows
+
+
+def sample_euler(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, seed=None,
+                 sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE in sigma: ``x' = rho x + (1 - rho) D(x, sigma)``,
+    rho = sigma'/sigma; with ``s_churn > 0``, EDM's churn first lifts x to sigma_hat = sigma (1 + gamma).
+
+    Args:
+        denoiser: ``denoiser(x, sigma) -> x0`` with sigma a (B,) float32 tensor.
+        x: (B, ...) starting sample at sigmas[0] (e.g. ``sigmas[0] * randn``); float32, float16 or bfloat16.
+        sigmas: decreasing noise levels (tensor or sequence); a last 0 ends with the final denoise.
+        s_churn, s_tmin, s_tmax, s_noise: EDM's stochasticity: gamma = min(s_churn/N, sqrt(2) - 1)
+            for sigma in [s_tmin, s_tmax], noise std s_noise sqrt(sigma_hat**2 - sigma**2).
+        seed: noise-stream seed (int); None draws one from torch's generator.
+        sample_offset: global index of sample 0 (sharded sampling).
+        backend: op backend, see :mod:`scoreops.ops`.
+        progress: show a tqdm bar over the steps.
+    Returns:
+        The sample at sigmas[-1], of x's shape and dtype. NFE: N = len(sigmas) - 1.
+    """
+    run = _Run("sample_euler", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    hats, lift, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
+    coefs, _ = run.table(U.euler(hats, run.sigmas[1:]))
+    hat_in = run.sigma_rows(hats)
+    for i in run.range():
+        x = _churned(run, x, i, hats, lift, lift_rows)
+        d = run.denoise(x, hat_in[i])
+        x = d if run.sigmas[i + 1] == 0 else run.update(i, x, [d], coefs[i], False)
+    return run.finish(x)
+
+
+def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, seed=None,
+                sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+    """Heun's second-order method (EDM Alg. 2): an Euler step to x~, then the trapezoid of the
+    slopes at x and x~; the step to sigma' = 0 is Euler's, which is the final denoise.
+
+    Arguments as :func:`sample_euler`. NFE: 2N - 1 for N steps ending at 0, else 2N.
+    """
+    run = _Run("sample_heun", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    hats, lift, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
+    first, second = U.heun(hats, run.sigmas[1:])
+    (first, _), (second, _) = run.table(first), run.table(second)
+    hat_in, next_in = run.sigma_rows(hats), run.sigma_rows(run.sigmas[1:])
+    for i in run.range():
+        x = _churned(run, x, i, hats, lift, lift_rows)
+        d = run.denoise(x, hat_in[i])
+        if run.sigmas[i + 1] == 0:
+            x = d
+            continue
+        d_tilde = run.denoise(run.update(i, x, [d], first[i], False), next_in[i])
+        x = run.update(i, x, [d, d_tilde], second[i], False)
+    return run.finish(x)
+
+
+def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, seed=None, sample_offset=0,
+                           backend="auto", progress=False) -> torch.Tensor:
+    """Euler ancestral: Euler to sigma_down, then fresh noise of std sigma_up (k-diffusion's
+    ``get_ancestral_step``; eta = 1 is DDPM-like ancestral sampling, eta = 0 plain Euler).
+
+    Args: ``eta`` >= 0 scales the noise, ``s_noise`` multiplies it; the others as :func:`sample_euler`.
+    NFE: N.
+    """
+    run = _Run("sample_euler_ancestral", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    coefs, noisy = run.table(U.euler_ancestral(run.sigmas, _check_nonneg("eta", eta),
+                                               _check_nonneg("s_noise", s_noise)))
+    sig_in = run.sigma_rows(run.sigmas[:-1])
+    for i in run.range():
+        d = run.denoise(x, sig_in[i])
+        x = d if run.sigmas[i + 1] == 0 else run.update(i, x, [d], coefs[i], noisy[i])
+    return run.finish(x)
+
+
+def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int) -> torch.Tensor:
+    """The DPM-Solver++ loop: step i combines x, D_i and the ``history`` earlier D's (D_i itself
+    stands in, with coefficient 0, before they exist)."""
+    coefs, noisy = run.table(table)
+    sig_in = run.sigma_rows(run.sigmas[:-1])
+    ds: list[torch.Tensor] = []
+    for i in run.range():
+        ds = [run.denoise(x, sig_in[i])] + ds[:history]
+        if run.sigmas[i + 1] == 0:
+            x = ds[0]
+            continue
+        x = run.update(i, x, ds + [ds[0]] * (history + 1 - len(ds)), coefs[i], noisy[i])
+    return run.finish(x)
+
+
+def sample_dpmpp_2m(denoiser, x, sigmas, *, lower_order_final=True, seed=None, sample_offset=0, backend="auto",
+                    progress=False) -> torch.Tensor:
+    """DPM-Solver++(2M): the second-order multistep solver of the probability-flow ODE in
+    lambda = -ln sigma, ``x' = rho x + (1 - rho) [(1 + 1/(2r)) D_i - D_{i-1}/(2r)]``, r = h_{i-1}/h.
+
+    Args:
+        lower_order_final: with fewer than 10 steps, take the last step that ends above 0 at
+            first order (the official DPM-Solver's rule; k-diffusion lowers the order only at 0).
+        Others as :func:`sample_euler`. NFE: N.
+    """
+    run = _Run("sample_dpmpp_2m", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    step_orders = U.orders(run.sigmas, 2, lower_order_final, 10, count_denoise=False)
+    return _multistep(run, x, U.dpmpp_2m_sde(run.sigmas, 0.0, "midpoint", 0.0, step_orders), 1)
+
+
+def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_type="midpoint",
+                        lower_order_final=True, seed=None, sample_offset=0, backend="auto",
+                        progress=False) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (k-diffusion's eta family; eta = 1 is diffusers' sde-dpmsolver++).
+
+    Args:
+        eta: >= 0; 0 is the ODE solver (with ``"midpoint"``, :func:`sample_dpmpp_2m`).
+        s_noise: noise multiplier.
+        solver_type: ``"midpoint"`` (k-diffusion's default) or ``"heun"``.
+        lower_order_final: as :func:`sample_dpmpp_2m`.
+        Others as :func:`sample_euler`. NFE: N.
+    """
+    check_choice("solver_type", solver_type, SOLVER_TYPES)
+    run = _Run("sample_dpmpp_2m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    step_orders = U.orders(run.sigmas, 2, lower_order_final, 10, count_denoise=False)
+    table = U.dpmpp_2m_sde(run.sigmas, _check_nonneg("eta", eta), solver_type, _check_nonneg("s_noise", s_noise),
+                           step_orders)
+    return _multistep(run, x, table, 1)
+
+
+def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, lower_order_final=True, seed=None,
+                        sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE: the third-order multistep solver, with noise as
+    :func:`sample_dpmpp_2m_sde`; eta = 0 is DPM-Solver++(3M).
+
+    Arguments as :func:`sample_dpmpp_2m_sde`; the warm-up steps are first and second order. NFE: N.
+    """
+    run = _Run("sample_dpmpp_3m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    step_orders = U.orders(run.sigmas, 3, lower_order_final, 10, count_denoise=False)
+    table = U.dpmpp_3m_sde(run.sigmas, _check_nonneg("eta", eta), _check_nonneg("s_noise", s_noise), step_orders)
+    return _multistep(run, x, table, 2)
+
+
+def sample_ipndm(denoiser, x, sigmas, *, seed=None, sample_offset=0, backend="auto",
+                 progress=False) -> torch.Tensor:
+    """iPNDM: fourth-order Adams-Bashforth on the slopes d = (x - D)/sigma, with the uniform-step
+    weights kept on any grid and a lower-order warm-up (zju-pi's fixed weights).
+
+    Arguments as :func:`sample_euler`. NFE: N.
+    """
+    run = _Run("sample_ipndm", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    coefs, _ = run.table(U.ipndm(run.sigmas))
+    sig_in = run.sigma_rows(run.sigmas[:-1])
+    past: list[torch.Tensor] = []  # x_{i-1}, D_{i-1}, x_{i-2}, D_{i-2}, x_{i-3}, D_{i-3}
+    for i in run.range():
+        d = run.denoise(x, sig_in[i])
+        if run.sigmas[i + 1] == 0:
+            x = d
+            continue
+        x_new = run.update(i, x, [d] + past + [d] * (6 - len(past)), coefs[i], False)
+        past = [x, d] + past[:4]
+        x = x_new
+    return run.finish(x)
+
+
+def sample_unipc(denoiser, x, sigmas, *, order=3, variant="bh2", lower_order_final=True, seed=None,
+                 sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+    """UniPC with data prediction: the predictor UniP-p, and after each model call the corrector
+    UniC-p, which uses the new output D_{i+1} at no extra NFE.
+
+    The model is evaluated at the predicted x~_{i+1}, and D_{i+1} is kept as history; the corrected
+    x_{i+1} is where the next prediction starts.
+
+    Args:
+        order: 1, 2 or 3 (zju-pi's default 3; diffusers' 2).
+        variant: ``"bh2"`` (B(h) = e^-h - 1) or ``"bh1"`` (B(h) = -h).
+        lower_order_final: lower the order over the last steps, min(order, N - i), at any N (the
+            reference code's rule); the step to sigma = 0 is then first order and returns
+            D(x~_{N-1}).
+        Others as :func:`sample_euler`. NFE: N.
+    """
+    order = check_int("order", order, 1)
+    if order > 3:
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    check_choice("variant", variant, U.UNIPC_VARIANTS)
+    run = _Run("sample_unipc", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    step_orders = U.orders(run.sigmas, order, lower_order_final, None, count_denoise=True)
+    if run.sigmas[-1] == 0 and step_orders[-1] != 1:
+        raise ValueError("UniPC's step to sigma = 0 must be first order: pass lower_order_final=True")
+    pred, corr = U.unipc(run.sigmas, step_orders, variant)
+    (pred, _), (corr, _) = run.table(pred), run.table(corr)
+    sig_in = run.sigma_rows(run.sigmas[:-1])
+    ds: list[torch.Tensor] = []
+    x_pred = x
+    for i in run.range():
+        ds = [run.denoise(x_pred, sig_in[i])] + ds[:3]  # D_i, D_{i-1}, D_{i-2}, D_{i-3}
+        if i > 0:  # UniC of step i - 1: x_{i-1} -> x_i with the new D_i
+            x = run.update(i - 1, x, ds + [ds[0]] * (4 - len(ds)), corr[i - 1], False)
+        if run.sigmas[i + 1] == 0:
+            return run.finish(ds[0])
+        x_pred = run.update(i, x, (ds + [ds[0]] * 2)[:3], pred[i], False)
+    return run.finish(x_pred)
