@@ -11,6 +11,7 @@ from mixture import GaussianMixture2D
 from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.rk import RK45
 
+import scoreops
 from scoreops import samplers
 from scoreops.core import checks, noise
 from scoreops.evaluation import reference
@@ -290,14 +291,20 @@ def test_a_sample_does_not_depend_on_the_thread_count(name, backend, seed):
     assert torch.equal(got[0], got[1])
 
 
+def tutorial_plan(std, num_steps, batch, seed, predictor, float64_grid):
+    """The plan of a run on the tutorial's time grid (no final denoise)."""
+    ts, dts, t_end = reverse_sde.time_steps(std, num_steps, 1e-3, float64_grid, None, None, 7.0)
+    return reverse_sde.make_plan(std, ts, dts, t_end, batch, torch.device("cpu"), torch.tensor([seed]), predictor,
+                                 "time", False)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 257])
 def test_plan_rows_start_on_16_byte_boundaries(batch, seed):
     """Triton specialises a kernel on each pointer's 16-byte alignment: if step k's coefficient,
     counter or time row were aligned differently from the warm-up steps', a CUDA-graph capture
     would meet a kernel variant not yet compiled. The copy a graph keeps must stay aligned too."""
     num_steps = 7
-    plan = reverse_sde.make_plan(schedule.Schedule(SDE, None), num_steps, 1e-3, batch, torch.device("cpu"),
-                               torch.tensor([seed]), "milstein", "time", False)
+    plan = tutorial_plan(schedule.Schedule(SDE, None), num_steps, batch, seed, "milstein", False)
     ts = torch.linspace(1.0, 1e-3, num_steps)
     want = dict(t=ts[:, None].expand(num_steps, batch), a=SDE.diffusion_coeff(ts.double())[:, None] ** 2 *
                 float(ts[0] - ts[1]), steps=torch.arange(num_steps)[:, None])
@@ -516,13 +523,43 @@ def test_pc_uses_the_tutorials_float64_grid_and_em_its_float32_grid(seed):
     """The tutorial's pc_sampler makes its grid with np.linspace (float64), its EM sampler with
     torch.linspace (float32); the model sees float32 times either way."""
     std = schedule.Schedule(SDE, None)
-    em = reverse_sde.make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
-                             False)
-    pc = reverse_sde.make_plan(std, 500, 1e-3, 1, torch.device("cpu"), torch.tensor([seed]), "euler_maruyama", "time",
-                             True)
+    em = tutorial_plan(std, 500, 1, seed, "euler_maruyama", False)
+    pc = tutorial_plan(std, 500, 1, seed, "euler_maruyama", True)
     grid32, grid64 = torch.linspace(1.0, 1e-3, 500), np.linspace(1.0, 1e-3, 500)
     assert torch.equal(em.t[:, 0], grid32) and torch.equal(pc.t[:, 0], torch.from_numpy(grid64).float())
     # g at the times the model sees; dt from the grid's own dtype.
     for plan, dt in ((em, float(grid32[0] - grid32[1])), (pc, grid64[0] - grid64[1])):
         g = SDE.diffusion_coeff(plan.t[:, 0].double())
         torch.testing.assert_close(plan.a[:, 0], (g**2 * dt).float(), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- noise-level grids and the final denoise
+@pytest.mark.parametrize("name", ["em", "pc"])
+def test_sde_samplers_on_a_karras_grid_reproduce_the_mixture(name, seed):
+    """100 steps on the Karras grid, then the Tweedie denoise: the mixture's weights and variances."""
+    fn = {"em": samplers.em_sample, "pc": samplers.pc_sample}[name]
+    x = fn(MIXTURE, SDE, None, N_SAMPLES, 100, schedule="karras", denoise=True, shape=(2,), seed=seed)
+    MIXTURE.check_samples(x, what=f"{name} on the Karras grid (seed {seed})")
+
+
+def test_the_final_denoise_is_tweedies_formula_at_the_last_time(seed):
+    """denoise=True adds x + std(t_end)**2 s(x, t_end) to the same noise path, t_end = std's inverse
+    at the grid's last level; an explicit sigmas grid is the same as the schedule it lists."""
+    score = gaussian_score()
+    levels = scoreops.sigma_grid(SDE, 6, schedule="log_sigma", denoise=False)
+    plain = samplers.em_sample(score, SDE, None, 4, 6, schedule="log_sigma", shape=SHAPE, seed=seed)
+    listed = samplers.em_sample(score, SDE, None, 4, sigmas=levels, shape=SHAPE, seed=seed)
+    assert torch.equal(plain, listed)
+    got = samplers.em_sample(score, SDE, None, 4, 6, schedule="log_sigma", denoise=True, shape=SHAPE, seed=seed)
+    t_end = SDE.time_of_std(levels[-1:]).float().expand(4)
+    want = plain + float(levels[-1]) ** 2 * score(plain, t_end)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_noise_level_grids_of_the_sde_samplers_are_checked():
+    with pytest.raises(ValueError, match="positive"):
+        samplers.em_sample(gaussian_score(), SDE, None, 2, sigmas=[9.0, 1.0, 0.0], shape=SHAPE, seed=0)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        samplers.pc_sample(gaussian_score(), SDE, None, 2, sigmas=[9.0, 9.0, 1.0], shape=SHAPE, seed=0)
+    with pytest.raises(ValueError, match="schedule"):
+        samplers.milstein_sample(gaussian_score(), SDE, None, 2, 3, schedule="linear", shape=SHAPE, seed=0)

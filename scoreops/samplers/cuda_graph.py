@@ -23,7 +23,7 @@ class GraphedLoop:
         side.wait_stream(torch.cuda.current_stream(x_T.device))
         with torch.cuda.stream(side):
             x = loop.step(self.x_T, checked(score_model), 0, self.plan)
-            loop.step(x, score_model, loop.num_steps - 1, self.plan)
+            loop.step(x, score_model, loop.rows - 1, self.plan)
         torch.cuda.current_stream(x_T.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         capture = torch.cuda.Stream(device=x_T.device)

@@ -52,22 +52,25 @@ def aligned_rows(v: torch.Tensor) -> torch.Tensor:
 
 
 class Loop:
-    """The reverse-time loop: per step, ``corrector_steps`` Langevin steps, then one predictor step."""
+    """The reverse-time loop: per step, ``corrector_steps`` Langevin steps, then one predictor step;
+    with ``denoise``, a last row of the plan is the noise-free Tweedie step ``x + std**2 s``."""
 
     def __init__(self, backend: str, num_steps: int, sample_offset: int, corrector_steps: int = 0,
-                 snr: float = 0.16, noise_norm: str = "fixed", per_sample: bool = False):
+                 snr: float = 0.16, noise_norm: str = "fixed", per_sample: bool = False, denoise: bool = False):
         self.backend, self.num_steps, self.sample_offset = backend, num_steps, sample_offset
         self.corrector_steps, self.snr, self.noise_norm, self.per_sample = corrector_steps, snr, noise_norm, per_sample
+        self.denoise = denoise
+        self.rows = num_steps + int(denoise)
         self._sde_step = ops.implementation("sde_step", backend)
 
     @property
     def key(self) -> tuple:
         return (self.backend, self.num_steps, self.sample_offset, self.corrector_steps, self.snr, self.noise_norm,
-                self.per_sample)
+                self.per_sample, self.denoise)
 
     def step(self, x: torch.Tensor, score, k: int, plan: Plan) -> torch.Tensor:
         t, step = plan.t[k], plan.steps[k]
-        for r in range(self.corrector_steps):
+        for r in range(self.corrector_steps if k < self.num_steps else 0):
             x = ops.langevin_correct(x, score(x, t), self.snr, seed=plan.seed, step=step,
                                      lane=noise.corrector_lane(r), sample_offset=self.sample_offset,
                                      noise_norm=self.noise_norm, per_sample=self.per_sample, backend=self.backend)
@@ -80,13 +83,13 @@ class Loop:
         """All steps from x(1); the first checks the model's output unless told not to, the rest
         call the model bare."""
         x = self.step(x, checked(score_model) if check_first else score_model, 0, plan)
-        for k in tqdm(range(1, self.num_steps), initial=1, total=self.num_steps, disable=not progress):
+        for k in tqdm(range(1, self.rows), initial=1, total=self.rows, disable=not progress):
             x = self.step(x, score_model, k, plan)
         return x
 
     def first_nonfinite_step(self, score_model, x: torch.Tensor, plan: Plan) -> int | None:
         """Rerun the loop checking every step; the first step whose result is NaN or Inf."""
-        for k in range(self.num_steps):
+        for k in range(self.rows):
             x = self.step(x, score_model, k, plan)
             if not torch.isfinite(x).all():
                 return k

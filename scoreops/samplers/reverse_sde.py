@@ -23,7 +23,6 @@ in device tensors, so a replay with a new seed draws new noise and the loop has 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -32,52 +31,84 @@ from ..core.checks import check_bool, check_choice, check_int, check_positive
 from .cuda_graph import run_graphed, use_graph
 from .inputs import check_eps, sampling_device, seed_tensor, starting_sample
 from .loop import Loop, Plan, aligned_rows
-from .schedule import Schedule, time_grid
+from .schedule import SIGMA_SCHEDULES, Schedule, time_grid
+from .sigma_space import check_sigmas
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "milstein")
 CORRECTIONS = ("time", "ito")
 
 
-def _predictor_coefs(schedule: Schedule, ts: torch.Tensor, dt: float, predictor: str, correction: str):
-    """Per-step (a, b, c) of the predictor, float64 (N,) each (docs/design.md, "The samplers")."""
+def _predictor_coefs(schedule: Schedule, ts: torch.Tensor, dt: torch.Tensor, predictor: str, correction: str):
+    """Per-step (a, b, c) of the predictor, float64 (N,) each, for steps dt (N,) (docs/design.md, "The samplers")."""
     t = ts.to(torch.float64)
     if predictor == "reverse_diffusion":
         # Ancestral VE step: G**2 = std(t)**2 - std(t - dt)**2, with std(0) = 0 below the grid.
         var = schedule.std(t) ** 2 - schedule.std((t - dt).clamp_min(0.0)) ** 2
         return var, var.sqrt(), torch.zeros_like(t)
     g = schedule.g(t)
-    a, b = g * g * dt, g * math.sqrt(dt)
+    a, b = g * g * dt, g * dt.sqrt()
     if predictor == "milstein" and correction == "time":
         return a, b, g * schedule.dg_dt(t) * (dt / 2)
     # Ito-Milstein: dg/dx = 0 for a diffusion that does not depend on x, which is EM.
     return a, b, torch.zeros_like(t)
 
 
-def make_plan(schedule, num_steps, eps, batch, device, seed, predictor, correction, float64_grid) -> Plan:
-    ts, dt = time_grid(num_steps, eps, float64_grid)
-    a, b, c = (aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1))
-               for v in _predictor_coefs(schedule, ts, dt, predictor, correction))
+def time_steps(schedule: Schedule, num_steps: int, eps: float, float64_grid: bool, grid: str | None, sigmas,
+               rho: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The model's times (N,) float32, the steps dt (N,) float64 of a reverse-SDE run, and the
+    time of its final denoise: where the last step lands on a noise-level grid, eps on the tutorial's.
+
+    ``grid`` None is the tutorial's: ``linspace(1, eps, num_steps)``, every step dt = ts[0] - ts[1]
+    (the last one goes below eps). Otherwise the noise levels of ``sigmas``, or ``num_steps + 1``
+    levels of the ``grid`` schedule, are mapped to times t(sigma): step k goes from t_k to t_{k+1}.
+    """
+    if grid is None and sigmas is None:
+        ts, dt = time_grid(num_steps, eps, float64_grid)
+        return ts, torch.full((num_steps,), dt, dtype=torch.float64), eps
+    if sigmas is not None:
+        levels = check_sigmas(sigmas)
+        if levels[-1] == 0:
+            raise ValueError("sigmas of a reverse-SDE sampler must be positive; pass denoise=True to end with "
+                             "the Tweedie denoise instead of a last 0")
+    else:
+        levels = schedule.sigmas(check_choice("schedule", grid, SIGMA_SCHEDULES), num_steps + 1, eps, rho)
+    times = schedule.time_of_std(levels)
+    return times[:-1].to(torch.float32), times[:-1] - times[1:], float(times[-1])
+
+
+def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correction, denoise) -> Plan:
+    """The device plan of the steps (ts, dts); with ``denoise`` a last row ``x + std(t_end)**2 s(x, t_end)``."""
+    a, b, c = _predictor_coefs(schedule, ts, dts, predictor, correction)
+    if denoise:
+        t_end = torch.tensor([t_end], dtype=torch.float64)
+        ts = torch.cat([ts, t_end.to(torch.float32)])
+        zero = torch.zeros(1, dtype=torch.float64)
+        a, b, c = torch.cat([a, schedule.std(t_end) ** 2]), torch.cat([b, zero]), torch.cat([c, zero])
+    a, b, c = (aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1)) for v in (a, b, c))
     return Plan(t=aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
-                 steps=aligned_rows(torch.arange(num_steps, dtype=torch.int64, device=device).reshape(-1, 1)),
-                 seed=seed)
+                steps=aligned_rows(torch.arange(len(ts), dtype=torch.int64, device=device).reshape(-1, 1)),
+                seed=seed)
 
 
 def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, shape,
-            seed, x_T, sample_offset, backend, cuda_graph, progress, predictor="euler_maruyama", correction="time",
-            corrector_steps=0, snr=0.16, noise_norm="fixed", per_sample=False, float64_grid=False) -> torch.Tensor:
+            seed, x_T, sample_offset, backend, cuda_graph, progress, schedule=None, sigmas=None, rho=7.0,
+            denoise=False, predictor="euler_maruyama", correction="time", corrector_steps=0, snr=0.16,
+            noise_norm="fixed", per_sample=False, float64_grid=False) -> torch.Tensor:
     """The SDE samplers' common body: check arguments, draw x(1), plan, loop, check the result."""
-    num_steps = check_int("num_steps", num_steps, 2)
+    num_steps = check_int("num_steps", num_steps, 1 if schedule is not None or sigmas is not None else 2)
     eps = check_eps(eps)
     sample_offset = check_int("sample_offset", sample_offset, 0)
     per_sample = check_bool("per_sample", per_sample)
-    schedule = Schedule(marginal_prob_std, diffusion_coeff)
+    denoise = check_bool("denoise", denoise)
+    sde = Schedule(marginal_prob_std, diffusion_coeff)
+    ts, dts, t_end = time_steps(sde, num_steps, eps, float64_grid, schedule, sigmas, rho)
     device = sampling_device(device, x_T, "x_T")
     backend = ops.resolve_backend(backend, device)
     graphed = use_graph(cuda_graph, device, backend, progress)
     seed = seed_tensor(seed, device)
-    x_T = starting_sample("x_T", x_T, schedule, batch_size, shape, seed, sample_offset, device, backend)
-    plan = make_plan(schedule, num_steps, eps, x_T.shape[0], device, seed, predictor, correction, float64_grid)
-    loop = Loop(backend, num_steps, sample_offset, corrector_steps, snr, noise_norm, per_sample)
+    x_T = starting_sample("x_T", x_T, sde, batch_size, shape, seed, sample_offset, device, backend)
+    plan = make_plan(sde, ts, dts, t_end, x_T.shape[0], device, seed, predictor, correction, denoise)
+    loop = Loop(backend, len(dts), sample_offset, corrector_steps, snr, noise_norm, per_sample, denoise)
     with torch.no_grad():
         x = run_graphed(name, loop, score_model, x_T, plan, strict=cuda_graph is True) if graphed else None
         if x is None:
@@ -86,7 +117,7 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
         if not torch.isfinite(x).all():
             k = loop.first_nonfinite_step(score_model, x_T, plan)
             where = ("a rerun with per-step checks stayed finite (is score_model non-deterministic?)" if k is None
-                     else f"first at step {k} of {num_steps} (t = {float(plan.t[k, 0]):.4g})")
+                     else f"first at step {k} of {loop.rows} (t = {float(plan.t[k, 0]):.4g})")
             hint = ("; the corrector's step size 2 (snr |z| / |score|)**2 is infinite where a score is all zero"
                     if corrector_steps else "")
             raise RuntimeError(f"{name}: the samples contain NaN or Inf; {where}{hint}")
@@ -94,8 +125,8 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
 
 
 def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
-              eps=1e-3, *, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
-              cuda_graph="auto", progress=False) -> torch.Tensor:
+              eps=1e-3, *, schedule=None, sigmas=None, rho=7.0, denoise=False, shape=(1, 28, 28), seed=None, x_T=None,
+              sample_offset=0, backend="auto", cuda_graph="auto", progress=False) -> torch.Tensor:
     """Euler-Maruyama sampler of the reverse VE SDE: ``x <- x + g**2 s dt + g sqrt(dt) z``.
 
     Drop-in for the tutorial's ``Euler_Maruyama_sampler``.
@@ -110,9 +141,18 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
         diffusion_coeff: ``g(t)``, the tutorial's function, called as ``marginal_prob_std`` is
             (None with a VESDE).
         batch_size: number of samples B (ignored when ``x_T`` is given).
-        num_steps: steps on the grid ``linspace(1, eps, num_steps)``, >= 2.
+        num_steps: steps (score evaluations): on the tutorial's grid ``linspace(1, eps, num_steps)``,
+            >= 2, with every step dt = ts[0] - ts[1]; on a ``schedule`` grid, >= 1 steps between
+            ``num_steps + 1`` noise levels from std(1) to std(eps).
         device: None means CUDA when available, else CPU (or x_T's device).
         eps: the last time, in (0, 1).
+        schedule: None (the tutorial's time grid), or a noise-level grid, ``"karras"`` (``rho``),
+            ``"log_sigma"`` or ``"uniform_t"`` (see :func:`scoreops.sigma_grid`), walked in
+            t(sigma) with the step dt_k = t_k - t_{k+1}.
+        sigmas: an explicit decreasing grid of positive noise levels instead (len - 1 steps).
+        rho: the Karras grid's exponent.
+        denoise: end with one more score evaluation, Tweedie's ``x + std(t)**2 s(x, t)`` at the
+            last time (std(eps) on a noise-level grid, eps on the tutorial's).
         shape: shape of one sample, e.g. (1, 28, 28) or (2,) (ignored when ``x_T`` is given).
         seed: noise-stream seed (int); None draws one from torch's default generator, so
             ``torch.manual_seed`` makes runs reproducible.
@@ -133,12 +173,14 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
     """
     return _sample("em_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
-                   cuda_graph=cuda_graph, progress=progress)
+                   cuda_graph=cuda_graph, progress=progress, schedule=schedule, sigmas=sigmas, rho=rho,
+                   denoise=denoise)
 
 
 def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
-                    eps=1e-3, *, correction="time", shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0,
-                    backend="auto", cuda_graph="auto", progress=False) -> torch.Tensor:
+                    eps=1e-3, *, correction="time", schedule=None, sigmas=None, rho=7.0, denoise=False,
+                    shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
+                    progress=False) -> torch.Tensor:
     """The paper's Milstein sampler: EM plus ``1/2 g g' dt (z**2 - 1)``.
 
     ``correction`` chooses g':
@@ -162,13 +204,15 @@ def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_
     check_choice("correction", correction, CORRECTIONS)
     return _sample("milstein_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device,
                    eps, shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
-                   cuda_graph=cuda_graph, progress=progress, predictor="milstein", correction=correction)
+                   cuda_graph=cuda_graph, progress=progress, predictor="milstein", correction=correction,
+                   schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise)
 
 
 def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, snr=0.16,
               device=None, eps=1e-3, *, noise_norm="fixed", corrector_steps=1, predictor="euler_maruyama",
-              correction="time", per_sample=False, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0,
-              backend="auto", cuda_graph="auto", progress=False) -> torch.Tensor:
+              correction="time", per_sample=False, schedule=None, sigmas=None, rho=7.0, denoise=False,
+              shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
+              progress=False) -> torch.Tensor:
     """Predictor-corrector sampler: per step, Langevin corrector steps, then a predictor step.
 
     Drop-in for the tutorial's ``pc_sampler`` (corrector first, one corrector step, snr 0.16,
@@ -195,4 +239,5 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
                    corrector_steps=corrector_steps, snr=check_positive("snr", snr), noise_norm=noise_norm,
-                   per_sample=per_sample, float64_grid=True)
+                   per_sample=per_sample, float64_grid=True, schedule=schedule, sigmas=sigmas, rho=rho,
+                   denoise=denoise)
