@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+PEERS := $(VENV)/.peers-installed
 
 .PHONY: install test demo bench clean
 
@@ -11,11 +12,16 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+# k-diffusion cannot be an ordinary requirement (see requirements-peers.txt).
+$(PEERS): requirements-peers.txt $(STAMP)
+	$(PY) -m pip install -q --no-deps -r requirements-peers.txt
+	touch $@
+
 install: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
 # lint-imports checks the import layers of pyproject.toml before the tests run.
-test: install
+test: install $(PEERS)
 	$(VENV)/bin/lint-imports --no-cache
 	cd tests && ../$(PY) -m pytest -n 2 -q
 
