@@ -45,6 +45,11 @@ def _variants():
             yield (f"sample_sq_norms-{dtype}-noise{int(with_noise)}", "sample_norms", "sample_sq_norms_kernel",
                    dict(partial_ptr="*fp32", s_ptr=f"*{t}", **stream, numel="i32", groups="i32"),
                    dict(WITH_NOISE=with_noise, BLOCK=256))
+        terms = dict(out_ptr=f"*{t}", x_ptr=f"*{t}", **{f"t{j}": f"*{t}" for j in range(8)}, coefs_ptr="*fp32",
+                     **stream, numel="i32", groups="i32", pairs="i32")
+        for n_terms, add_noise in ((0, True), (7, True), (3, False)):
+            yield (f"sigma_step-{dtype}-{n_terms}terms-noise{int(add_noise)}", "sigma_step", "sigma_step_kernel",
+                   terms, dict(N_TERMS=n_terms, ADD_NOISE=add_noise, BLOCK=256))
         stages = {f"k{j}": f"*{t}" for j in range(8)}
         for n_stages in (1, 7):
             yield (f"rk_combine-{dtype}-{n_stages}stages", "rk", "rk_combine_kernel",
@@ -146,11 +151,22 @@ def test_step_moves_whole_element_groups_per_access(compiled, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_sigma_step_moves_whole_element_groups_per_access(compiled, dtype):
+    # x and each of the 7 terms arrive in 4-element vectors and out leaves in them, as in sde_step.
+    group = str(4 * (4 if dtype == "float32" else 2))
+    facts = compiled[f"sigma_step-{dtype}-7terms-noise1"]
+    counters = 2 if group == "8" else 0  # seed and step: one 8-byte load each
+    assert facts["loads"].get(group, 0) - counters >= 8, facts
+    assert set(facts["stores"]) == {group}, facts
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_update_arithmetic_is_not_contracted_into_fma(compiled, dtype):
     # The reference rounds a * s before adding x; so must the kernels, or the noise-free step
     # (and the stage sums) would differ from it by an ulp. libdevice's log/sin/cos, inside the
     # noisy kernels, use FMA internally, which is theirs to do.
-    for vid in (f"sde_step-{dtype}-mean", f"rk_combine-{dtype}-7stages", f"rk_error_sq-{dtype}-7stages"):
+    for vid in (f"sde_step-{dtype}-mean", f"rk_combine-{dtype}-7stages", f"rk_error_sq-{dtype}-7stages",
+                f"sigma_step-{dtype}-3terms-noise0"):
         assert compiled[vid]["fma"] == 0, (vid, compiled[vid])
 
 
@@ -206,7 +222,7 @@ def _sass_of(cuda_sass, key: tuple[str, str, bool]) -> str:
 def test_cuda_kernels_use_no_local_memory(cuda_sass):
     assert {key[0] for key, _, _ in cuda_sass.values()} >= {
         "sde_step_kernel", "sq_norms_partial_kernel", "sum_partials_kernel", "rk_combine_kernel",
-        "rk_error_partial_kernel", "philox_normal_kernel", "philox_bits_kernel"}
+        "rk_error_partial_kernel", "philox_normal_kernel", "philox_bits_kernel", "sigma_step_kernel"}
     for key, resources, _ in cuda_sass.values():
         assert resources["STACK"] == 0 and resources["LOCAL"] == 0, (key, resources)
         assert 0 < resources["REG"] <= MAX_REGISTERS, (key, resources)
@@ -223,6 +239,16 @@ def test_cuda_step_moves_whole_element_groups_per_access(cuda_sass, dtype):
     # The scalar instance, for the rest, stores element by element.
     scalar = _sass_of(cuda_sass, ("sde_step_kernel", dtype, False))
     assert f"STG.E.{width}" not in scalar
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_sigma_step_moves_whole_element_groups_per_access(cuda_sass, dtype):
+    # The vectorised instance loads x and every term as 4-element vectors (the terms' loop is
+    # unrolled over all kMaxTerms slots: 1 + 8 vector loads) and stores out as one.
+    width = 128 if dtype == "float32" else 64
+    code = _sass_of(cuda_sass, ("sigma_step_kernel", dtype, True))
+    assert len(re.findall(rf"\bLDG\.E\.{width}\b", code)) >= 9, code
+    assert re.findall(r"\bSTG\.E[.A-Z0-9]*", code) == [f"STG.E.{width}"]
 
 
 if __name__ == "__main__":

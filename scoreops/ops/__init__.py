@@ -11,8 +11,8 @@ Backends:
 All ops use the noise stream of :mod:`scoreops.core.noise`, so the same ``seed``/``step``/``lane``
 give the same noise on every backend. ``seed`` and ``step`` may be Python ints or 1-element
 int64 tensors on the data's device; tensors let a captured CUDA graph draw new noise per replay.
-Every backend differentiates ``sde_step``, ``langevin_correct``, ``sample_sq_norms`` and
-``rk_combine`` (:mod:`scoreops.ops.autograd`).
+Every backend differentiates ``sde_step``, ``langevin_correct``, ``sample_sq_norms``,
+``rk_combine`` and ``sigma_step`` (:mod:`scoreops.ops.autograd`).
 
 Files: :mod:`.backends` (loading and choosing backends), :mod:`.steps` (the SDE-step and noise
 ops), :mod:`.rk` (the ODE solver's stage ops), :mod:`.sigma_steps` (the few-step samplers'

@@ -9,6 +9,9 @@ and Triton ops the same gradients, so that a kernel backend can run under autogr
 * ``sample_sq_norms``: column 0 is ``sum(s**2)`` per sample, so its gradient is ``2 s``; column 1
   (the noise's norm) does not depend on s.
 * ``rk_combine``: ``y + h * sum_j c_j k_j`` is linear in y and every k_j.
+* ``sigma_step``: ``a*x + sum_k b_k*terms[k] + e*z`` is linear in x and every term, and in the
+  coefficients, whose gradients are the per-call sums ``sum(g*x)``, ``sum(g*terms[k])`` and
+  ``sum(g*z)`` (z made again from the stream, as for ``sde_step``).
 
 ``rk_error_sq`` (a max and absolute values, used only to choose step sizes) and the raw stream
 ops have no gradient. Gradients are computed in float32 and returned in each input's dtype.
@@ -78,6 +81,38 @@ def _rk_combine_backward(ctx, grad):
     return grad, [(w * g).to(dtype) for w, dtype in zip(ctx.weights, ctx.k_dtypes, strict=True)], None, None
 
 
+def _sigma_step_setup(ctx, inputs, output) -> None:
+    x, terms, coefs, seed, step, lane, sample_offset, add_noise = inputs
+    ctx.save_for_backward(x, coefs, seed, step, *terms)
+    ctx.stream = (lane, sample_offset, add_noise)
+
+
+def _sigma_step_backward(philox_normal):
+    def backward(ctx, grad):
+        x, coefs, seed, step, *terms = ctx.saved_tensors
+        lane, sample_offset, add_noise = ctx.stream
+        need_x, need_terms, need_coefs = ctx.needs_input_grad[:3]
+        batch = grad.shape[0]
+        g = grad.float().reshape(batch, -1)
+        c = coefs.float()  # stays on the device: no host sync
+
+        def scaled(j, dtype):
+            return (c[j] * g).reshape(grad.shape).to(dtype)
+
+        grad_x = scaled(0, x.dtype) if need_x else None
+        grad_terms = [scaled(1 + k, t.dtype) if need else None for k, (t, need) in enumerate(zip(terms, need_terms))]
+        grad_coefs = None
+        if need_coefs:
+            sums = [(g * v.float().reshape(batch, -1)).sum() for v in (x, *terms)]
+            if add_noise and g.numel():
+                sums.append((g * philox_normal(seed, step, lane, sample_offset, batch, g.shape[1])).sum())
+            else:  # e is ignored without noise
+                sums.append(g.new_zeros(()))
+            grad_coefs = torch.stack(sums).to(coefs.dtype)
+        return grad_x, grad_terms, grad_coefs, None, None, None, None, None
+    return backward
+
+
 def _register(prefix: str) -> None:
     ops = torch.ops.scoreops
     torch.library.register_autograd(f"scoreops::{prefix}sde_step", _sde_step_backward(
@@ -86,6 +121,8 @@ def _register(prefix: str) -> None:
                                     setup_context=_sq_norms_setup)
     torch.library.register_autograd(f"scoreops::{prefix}rk_combine", _rk_combine_backward,
                                     setup_context=_rk_combine_setup)
+    torch.library.register_autograd(f"scoreops::{prefix}sigma_step", _sigma_step_backward(
+        getattr(ops, f"{prefix}philox_normal")), setup_context=_sigma_step_setup)
 
 
 def register_triton_autograd() -> None:

@@ -1,0 +1,115 @@
+"""The sigma-space samplers' fused update in Triton: ``a*x + sum_k b_k*terms[k] + e*z``.
+
+Euler, Heun, DPM-Solver++, iPNDM and UniPC all step by a linear combination of the state, earlier
+states and denoiser outputs, plus fresh noise; one pass reads them and writes the result. The
+terms are separate pointer arguments, up to :data:`scoreops.core.checks.MAX_TERMS` (8), as the
+stages of :mod:`.rk`, so nothing is stacked or copied. The coefficients are read from a device
+tensor, so a captured CUDA graph replays new values without a host sync.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from scoreops.core.checks import MAX_TERMS, check_batched, check_float
+
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, check_index_range, mul,
+                      round_to, triton_op, wrap_triton)
+from .philox import stream_normals
+
+
+@triton.jit
+def add_term(acc, t_ptr, coefs_ptr, offs, mask, K: tl.constexpr, USED: tl.constexpr):
+    """``acc + coefs[1 + K] * t[offs]`` in float32 when the term is USED, else acc."""
+    if USED:
+        acc = acc + mul(tl.load(coefs_ptr + 1 + K), tl.load(t_ptr + offs, mask=mask).to(tl.float32))
+    return acc
+
+
+@triton.jit(do_not_specialize=["lane", "sample_offset"])
+def sigma_step_kernel(out_ptr, x_ptr, t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr, seed_ptr, step_ptr, lane,
+                      sample_offset, numel, groups, pairs, N_TERMS: tl.constexpr, ADD_NOISE: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """``out = a*x + sum_{k < N_TERMS} b_k*t_k + e*z`` (no ``e*z`` without ADD_NOISE) in float32,
+    accumulated in that order and stored in out's dtype; ``coefs = (a, b_0, ..., b_{N_TERMS-1}, e)``.
+
+    x, the terms and out are contiguous (batch, numel); z is the stream's normal of each element.
+    Row r of the tile is pair ``p``: group ``g`` (elements 4g..4g+3) of sample ``i``,
+    ``(i, g) = divmod(p, groups)``, as in ``sde_step_kernel``.
+    """
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = p // groups
+    g = p - i * groups
+    j = 4 * g[:, None] + tl.arange(0, 4)[None, :]
+    mask = (p < pairs)[:, None] & (j < numel)
+    offs = i[:, None].to(tl.int64) * numel + j
+    acc = mul(tl.load(coefs_ptr), tl.load(x_ptr + offs, mask=mask).to(tl.float32))
+    acc = add_term(acc, t0, coefs_ptr, offs, mask, 0, N_TERMS > 0)
+    acc = add_term(acc, t1, coefs_ptr, offs, mask, 1, N_TERMS > 1)
+    acc = add_term(acc, t2, coefs_ptr, offs, mask, 2, N_TERMS > 2)
+    acc = add_term(acc, t3, coefs_ptr, offs, mask, 3, N_TERMS > 3)
+    acc = add_term(acc, t4, coefs_ptr, offs, mask, 4, N_TERMS > 4)
+    acc = add_term(acc, t5, coefs_ptr, offs, mask, 5, N_TERMS > 5)
+    acc = add_term(acc, t6, coefs_ptr, offs, mask, 6, N_TERMS > 6)
+    acc = add_term(acc, t7, coefs_ptr, offs, mask, 7, N_TERMS > 7)
+    if ADD_NOISE:
+        z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
+        acc = acc + mul(tl.load(coefs_ptr + 1 + N_TERMS), z)
+    tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_coefs(coefs: torch.Tensor, k: int, x: torch.Tensor) -> None:
+    """coefs is a float32 (k + 2,) tensor on x's device, as the C++ op's check_sigma_step asks."""
+    if not isinstance(coefs, torch.Tensor) or coefs.dtype != torch.float32:
+        raise TypeError(f"triton_sigma_step: coefs must be a float32 tensor, got "
+                        f"{coefs.dtype if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
+    if coefs.device != x.device:
+        raise ValueError(f"triton_sigma_step: coefs is on {coefs.device} but x is on {x.device}")
+    if tuple(coefs.shape) != (k + 2,):
+        raise ValueError(f"triton_sigma_step: coefs must have shape ({k + 2},) = (a, one per term, e) for {k} terms, "
+                         f"got shape {tuple(coefs.shape)}")
+
+
+@triton_op("scoreops::triton_sigma_step", mutates_args=())
+def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, seed: torch.Tensor,
+               step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+    """The fused update ``a*x + sum_k b_k*terms[k] + e*z``, z the stream's normals (no ``e*z``
+    without add_noise), with ``coefs = (a, b_0, ..., b_{K-1}, e)``.
+
+    Args:
+        x: (B, ...) state, float32/float16/bfloat16; any strides.
+        terms: K <= ``MAX_TERMS`` tensors of x's shape, dtype and device.
+        coefs: float32 (K + 2,) on x's device, read by the kernel (never on the host).
+        seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
+        lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
+        add_noise: False drops ``e*z`` (e is then ignored).
+    Returns:
+        A new contiguous tensor of x's shape and dtype, accumulated in float32 in the order
+        ``a*x``, then each term, then the noise.
+    """
+    check_batched("x", x)
+    if len(terms) > MAX_TERMS:
+        raise ValueError(f"triton_sigma_step: at most {MAX_TERMS} terms per call, got {len(terms)}")
+    for k, t in enumerate(terms):
+        check_float(f"terms[{k}]", t, like=x)
+    _check_coefs(coefs, len(terms), x)
+    check_device("x", x)
+    check_counters(seed, step, x.device)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel() == 0:
+        return out
+    batch = x.shape[0]
+    numel = x.numel() // batch
+    groups = triton.cdiv(numel, 4)
+    pairs = batch * groups
+    check_index_range("elements per sample", numel)
+    check_index_range("batch * ceil(numel / 4)", pairs)
+    x = x.contiguous()
+    # Unused slots point at x; the kernel never reads them.
+    t_args = [t.contiguous() for t in terms] + [x] * (MAX_TERMS - len(terms))
+    block = block_size(pairs, BLOCK_PAIRS)
+    wrap_triton(sigma_step_kernel)[(triton.cdiv(pairs, block),)](
+        out, x, *t_args, coefs.contiguous(), seed, step, lane & UINT32_MASK, sample_offset & UINT32_MASK,
+        numel, groups, pairs, N_TERMS=len(terms), ADD_NOISE=add_noise, BLOCK=block)
+    return out
