@@ -124,7 +124,7 @@ def _extension():
 
 setup(
     packages=["scoreops", "scoreops.core", "scoreops.ops", "scoreops.samplers", "scoreops.training",
-              "scoreops.evaluation", "scoreops.kernels", "scoreops.benchmarks"],
+              "scoreops.evaluation", "scoreops.commands", "scoreops.kernels", "scoreops.benchmarks"],
     # benchmarks/ stays a top-level folder in the checkout (`python benchmarks/...`) and installs
     # inside the package, so that `scoreops bench` finds the benchmarks.
     package_dir={"scoreops": "scoreops", "scoreops.benchmarks": "benchmarks"},

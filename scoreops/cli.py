@@ -1,5 +1,7 @@
 """The ``scoreops`` command line: ``train``, ``sample``, ``import-tutorial``, ``figures``, ``compare``,
-``bench`` and ``demo``.
+``bench`` and ``demo``. This module owns the argument parsing and the dispatch: every option,
+its checks and default, the thread count, and the one-line errors; each command's body is
+``run`` in its module of :mod:`scoreops.commands`.
 
 Every subcommand writes into one output folder (``--out``), shows progress bars for long work
 and prints the folder when it is done. Expected failures (a missing checkpoint or data set, an
@@ -14,25 +16,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from . import __version__
-from .core.checks import default_device
+from . import __version__, commands
 from .ops import BACKENDS
 from .training import distributed
 
 if TYPE_CHECKING:
     from .training.train import TrainConfig
 
+# Training steps of `scoreops demo` (batch 64): a few minutes on a 2-core CPU.
 DEMO_TRAIN_STEPS = 4000
 # The commands that split their work between torchrun's processes.
 DISTRIBUTED_COMMANDS = ("train", "sample")
@@ -74,6 +73,26 @@ def _comma_list(item, what: str, example: str):
     return parse
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device of this machine that holds data (cpu, cuda, cuda:1)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda, got {text!r}") from None
+    if device.type == "meta":
+        raise argparse.ArgumentTypeError(f"expected a device that holds data, such as cpu or cuda, got {text!r} "
+                                         "(meta tensors have shapes only)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"expected a device of this machine such as cpu, got {text!r}: "
+                                             "it has no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"expected a device of this machine such as cuda:0, got {text!r}: "
+                                             f"it has {count} CUDA device{'s' if count > 1 else ''}")
+    return text
+
+
 def _sampler_list(text: str) -> list[str]:
     from .evaluation.compare import SAMPLERS
 
@@ -99,48 +118,7 @@ _channels = _comma_list(_number(int, 1, "a channel count", "32"), "comma-separat
                         "32,64,128")
 
 
-# --------------------------------------------------------------------------- shared helpers
-def output_folder(path: str | Path) -> Path:
-    """Create ``path`` if needed and check that a file can be written in it; raise OSError if not."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
-    return out.resolve()
-
-
-def _load(checkpoint: str, raw_weights: bool, device: torch.device):
-    """(model, config, sde, sample shape) of a checkpoint or run folder."""
-    from .sde import VESDE
-    from .training.checkpoint import load_model
-
-    model, config = load_model(checkpoint, ema=not raw_weights, device=device)
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
-    return model, config, VESDE(float(config["sigma"])), shape
-
-
-def _data_images(config: dict, data_dir: str | None) -> torch.Tensor:
-    """The training images of the run described by a checkpoint's ``config``."""
-    from .training.data import load_images
-
-    return load_images(config["dataset"], data_dir or config.get("data_dir"), config["image_size"])
-
-
-def _loss_runs(checkpoint: str) -> list[Path]:
-    """The run folder of a checkpoint when it holds the run's ``loss.csv``, else nothing."""
-    from .training.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
-
-    folder = resolve_checkpoint(checkpoint)
-    run = folder.parent.parent
-    if folder.parent.name == CHECKPOINTS_DIR and (run / "loss.csv").is_file():
-        return [run]
-    print(f"no loss.csv beside checkpoint {folder}: skipping the loss figure (pass --loss-runs to draw it)")
-    return []
-
-
+# --------------------------------------------------------------------------- threads
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a
     container's CPU quota (cgroup v2 ``cpu.max``), which torch's default thread count ignores."""
@@ -211,6 +189,7 @@ def _thread_count(requested: int | None, report: bool):
         torch.set_num_threads(before)
 
 
+# --------------------------------------------------------------------------- options
 def _add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_threads, default=None,
                    help="torch CPU threads per process (default: $OMP_NUM_THREADS when set, else the usable CPUs, "
@@ -261,11 +240,16 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                      help="write a checkpoint every this many steps, and at the end (default: %(default)s)")
     run.add_argument("--resume", action="store_true",
                      help="continue from the newest checkpoint in --out (start afresh if there is none)")
-    run.add_argument("--device", default=d.device, help="torch device (default: cuda when available, else cpu)")
+    run.add_argument("--device", type=_device, default=d.device,
+                     help="torch device (default: cuda when available, else cpu)")
     _add_threads_option(run)
     run.add_argument("--save-rank-weights", action="store_true",
                      help="debugging: every process also writes its final weights to rank<R>.safetensors in --out, "
                           "to check that DDP replicas agree")
+
+
+def _train(args: argparse.Namespace) -> Path:
+    return commands.train.run(train_config(args))
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -280,7 +264,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a run folder written by `scoreops train` (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--raw-weights", action="store_true", help="use the trained weights instead of their EMA")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s, the fastest built)")
     p.add_argument("--seed", type=_seed, default=0, help="noise-stream seed; one seed gives every sampler "
@@ -299,188 +284,6 @@ def _add_figure_options(p: argparse.ArgumentParser) -> None:
                    help="comma list of step counts for the Milstein panels of figure 2 (default: 500,2000)")
 
 
-# --------------------------------------------------------------------------- subcommands
-def write_samples(run, out: Path, info: dict) -> list[Path]:
-    """Save a :class:`~scoreops.evaluation.compare.SampleRun` as ``samples-<label>.png`` (a grid of 8 columns)
-    and ``samples-<label>.safetensors`` (key ``samples``: the raw (N, C, H, W) float32 tensor,
-    not clamped; as metadata ``info``, the settings the run's sampler has, nfe and seconds)."""
-    from safetensors.torch import save_file
-
-    from .evaluation.figures import save_grid
-
-    png = save_grid(run.samples, out / f"samples-{run.label}.png")
-    metadata = {**{k: str(v) for k, v in info.items()}, **{k: str(v) for k, v in run.settings().items()},
-                "nfe": str(run.nfe), "seconds": f"{run.seconds:.3f}"}
-    tensors = out / f"samples-{run.label}.safetensors"
-    save_file({"samples": run.samples.detach().float().cpu().contiguous()}, str(tensors), metadata=metadata)
-    return [png, tensors]
-
-
-def cmd_train(args: argparse.Namespace) -> Path:
-    from .training import train
-
-    config = train_config(args)
-    config.validate()  # before the output folder is made
-    out = output_folder(args.out)
-    train.train(config)
-    return out
-
-
-def cmd_sample(args: argparse.Namespace) -> Path:
-    """Draw the samples; under torchrun each process draws its shard of the stream's samples
-    (``sample_offset``) and rank 0 gathers and writes them all."""
-    from .evaluation.compare import draw_samples
-
-    with distributed.process_group(args.device) as (rank, world_size, device):
-        if args.num_samples < world_size:
-            raise ValueError(f"--num-samples {args.num_samples} is fewer than the {world_size} processes")
-        model, _, sde, shape = _load(args.checkpoint, args.raw_weights, device)
-        out = output_folder(args.out)
-        offset, count = distributed.shard(args.num_samples, rank, world_size)
-        run = draw_samples(args.sampler, model, sde, shape, num_samples=count, sample_offset=offset, steps=args.steps,
-                           tol=args.tol, snr=args.snr, correction=args.correction, seed=args.seed, device=device,
-                           backend=args.backend, progress=rank == 0)
-        # The ODE's nfe and every wall time differ between shards: report the largest.
-        nfe, seconds = distributed.max_over_ranks(
-            torch.tensor([run.nfe, run.seconds], dtype=torch.float64, device=device), world_size).tolist()
-        run = dataclasses.replace(run, samples=distributed.gather_shards(run.samples, args.num_samples, world_size),
-                                  nfe=int(nfe), seconds=seconds)
-        if rank == 0:
-            write_samples(run, out, {"checkpoint": args.checkpoint, "seed": args.seed, "raw_weights": args.raw_weights,
-                                     "backend": args.backend, "device": str(device), "processes": world_size})
-            on = f" ({world_size} processes)" if world_size > 1 else ""
-            print(f"{run.label}: {len(run.samples)} samples, {run.nfe} score evaluations, {run.seconds:.1f} s{on}")
-    return out
-
-
-def cmd_import_tutorial(args: argparse.Namespace) -> Path:
-    from .training.checkpoint import import_tutorial
-
-    folder = import_tutorial(args.pth, args.out, sigma=args.sigma, data_dir=args.data_dir)
-    print(f"imported {args.pth} as {folder}")
-    return Path(args.out).resolve()
-
-
-def cmd_figures(args: argparse.Namespace) -> Path:
-    from .evaluation.figures import make_figures
-
-    device = default_device(args.device)
-    model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
-    out = output_folder(args.out)
-    loss_runs = _loss_runs(args.checkpoint) if args.loss_runs is None else args.loss_runs
-    make_figures(model, sde, _data_images(config, args.data_dir), out, loss_runs=loss_runs, steps=args.steps,
-                 milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed, device=device,
-                 backend=args.backend)
-    return out
-
-
-def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, samplers, steps, ode_tols,
-                num_samples: int, seed: int, device: torch.device, backend: str, classifier_cache: str | None,
-                classifier_epochs: int, checkpoint: str) -> Path:
-    """Compare the samplers on ``model`` (see :mod:`scoreops.evaluation.compare`); writes ``compare.md``,
-    ``compare.json`` and ``grids/<run>.png`` (each titled with its settings, nfe and seed) into
-    ``out`` and returns the markdown's path."""
-    from .evaluation import compare, metrics
-    from .evaluation.figures import runs_figure, save_figure
-
-    images, labels = compare.load_labelled(config["dataset"], data_dir or config.get("data_dir"),
-                                           config["image_size"])
-    classifier = metrics.load_or_train_classifier(config["dataset"], images, labels, cache_dir=classifier_cache,
-                                                  device=device, epochs=classifier_epochs)
-    rows, runs = compare.compare_samplers(model, sde, compare.Reference.build(classifier, images),
-                                          sampler_names=samplers, steps=steps, ode_tols=ode_tols,
-                                          num_samples=num_samples, seed=seed, device=device, backend=backend)
-    grids = output_folder(out / "grids")
-    for run in runs:
-        title = f"{len(run.samples)} samples of {config['dataset']}, seed {seed}"
-        save_figure(runs_figure([run], title, panel_inches=4.0), grids / f"{run.label}.png")
-    info = {"checkpoint": checkpoint, "dataset": config["dataset"], "num_samples": num_samples, "seed": seed,
-            "device": str(device), "classifier": str(classifier.path)}
-    _, md_path = compare.write_report(rows, out, info)
-    print(md_path.read_text())
-    return md_path
-
-
-def cmd_compare(args: argparse.Namespace) -> Path:
-    device = default_device(args.device)
-    model, config, sde, _ = _load(args.checkpoint, args.raw_weights, device)
-    out = output_folder(args.out)
-    run_compare(model, sde, config, out, data_dir=args.data_dir, samplers=args.samplers, steps=args.steps,
-                ode_tols=args.ode_tols, num_samples=args.num_samples, seed=args.seed, device=device,
-                backend=args.backend, classifier_cache=args.classifier_cache,
-                classifier_epochs=args.classifier_epochs, checkpoint=str(args.checkpoint))
-    return out
-
-
-def _benchmark_module(name: str):
-    """``scoreops.benchmarks.<name>`` when installed, else ``benchmarks.<name>`` of a source checkout."""
-    try:
-        return importlib.import_module(f"scoreops.benchmarks.{name}")
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("scoreops.benchmarks"):
-            raise
-    try:
-        return importlib.import_module(f"benchmarks.{name}")
-    except ModuleNotFoundError as e:
-        raise RuntimeError("the benchmarks are not installed (scoreops.benchmarks) and this is not a source "
-                           "checkout with a benchmarks/ folder") from e
-
-
-def cmd_bench(args: argparse.Namespace) -> Path:
-    out = output_folder(args.out or _benchmark_module("common").default_out(args.quick))
-    if args.extra and args.which == "all":
-        raise ValueError(f"options {' '.join(args.extra)} belong to one benchmark: name it, "
-                         "e.g. scoreops bench steps ...")
-    names = ("bench_steps", "bench_samplers") if args.which == "all" else (f"bench_{args.which}",)
-    common = ["--out", str(out), "--device", args.device] + (["--quick"] if args.quick else [])
-    for name in names:
-        _benchmark_module(name).main(common + args.extra)
-    return out
-
-
-def cmd_demo(args: argparse.Namespace) -> Path:
-    from .evaluation import compare
-    from .evaluation.figures import make_figures
-    from .training import train
-
-    out = output_folder(args.out)
-    device = default_device(args.device)
-    run_dir = out / "train"
-    shown_run = str(Path(args.out) / "train")  # as the user named it, for the reports
-    print(f"1/4 training a ScoreNet on the digits data set for {args.train_steps} steps", flush=True)
-    # resume: a rerun reuses (or finishes) the training of an earlier one.
-    train.train(train.TrainConfig(dataset="digits", steps=args.train_steps, save_every=args.train_steps,
-                                  out=str(run_dir), resume=True, seed=args.seed, device=str(device)))
-    model, config, sde, shape = _load(str(run_dir), False, device)
-
-    print("2/4 sampling with all four samplers", flush=True)
-    samples_dir = output_folder(out / "samples")
-    for name in compare.SAMPLERS:
-        run = compare.draw_samples(name, model, sde, shape, num_samples=64, steps=args.steps, tol=args.tol,
-                                   seed=args.seed, device=device, backend=args.backend, progress=True)
-        write_samples(run, samples_dir, {"checkpoint": shown_run, "seed": args.seed})
-
-    print("3/4 drawing the paper's figures", flush=True)
-    figures_dir = output_folder(out / "figures")
-    figure_paths = make_figures(model, sde, _data_images(config, None), figures_dir, loss_runs=[run_dir],
-                                steps=args.steps, milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed,
-                                device=device, backend=args.backend)
-
-    print("4/4 comparing the samplers", flush=True)
-    md_path = run_compare(model, sde, config, output_folder(out / "compare"), data_dir=None, samplers=compare.SAMPLERS,
-                          steps=args.compare_steps, ode_tols=args.ode_tols, num_samples=64, seed=args.seed,
-                          device=device, backend=args.backend, classifier_cache=args.classifier_cache,
-                          classifier_epochs=args.classifier_epochs, checkpoint=shown_run)
-
-    if args.copy_figures:
-        target = output_folder(args.copy_figures)
-        for path in figure_paths + [md_path]:
-            shutil.copy2(path, target / path.name)
-        print(f"copied the figures and the comparison table to {target}")
-    print(f"samples: {samples_dir}\nfigures: {figures_dir}\ncomparison: {md_path}")
-    return out
-
-
 # --------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``scoreops`` argument parser, with one subparser per command."""
@@ -491,14 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Run `scoreops <command> --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"scoreops {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
-    p = commands.add_parser("train", help="train a ScoreNet by denoising score matching",
+    p = subparsers.add_parser("train", help="train a ScoreNet by denoising score matching",
                             description="Train a ScoreNet; writes checkpoints/, loss.csv and loss.png into --out.")
     add_train_options(p)
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=_train)
 
-    p = commands.add_parser("sample", help="draw samples with one sampler: an 8x8 grid PNG and the tensors",
+    p = subparsers.add_parser("sample", help="draw samples with one sampler: an 8x8 grid PNG and the tensors",
                             description="Draw samples; writes samples-<sampler>-<steps or tol>.png (a grid of 8 "
                                         "columns, 8x8 for 64 samples) and .safetensors (the raw tensor) into --out.")
     _add_model_options(p)
@@ -512,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     _add_threads_option(p)
     p.add_argument("--out", default="runs/sample", help="output folder (default: %(default)s)")
-    p.set_defaults(handler=cmd_sample)
+    p.set_defaults(handler=commands.sample.run)
 
-    p = commands.add_parser("import-tutorial", help="make a run folder of the tutorial's ckpt.pth, for the other "
+    p = subparsers.add_parser("import-tutorial", help="make a run folder of the tutorial's ckpt.pth, for the other "
                                                     "commands",
                             description="Import the tutorial's trained MNIST ScoreNet (the state_dict it saves as "
                                         "ckpt.pth) as a checkpoint that sample, figures and compare read.")
@@ -523,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sigma the model was trained with (default: %(default)s, the tutorial's)")
     p.add_argument("--data-dir", default=None, help="where MNIST lives, for figures and compare (default: ./data)")
     p.add_argument("--out", default="runs/tutorial", help="the new run folder (default: %(default)s)")
-    p.set_defaults(handler=cmd_import_tutorial)
+    p.set_defaults(handler=commands.import_tutorial.run)
 
-    p = commands.add_parser("figures", help="draw the paper's figures 1-5 as PNGs",
+    p = subparsers.add_parser("figures", help="draw the paper's figures 1-5 as PNGs",
                             description="Draw the paper's figures: forward diffusion, 64 Milstein samples, ODE "
                                         "interpolation, the four samplers side by side, and the loss curves.")
     _add_model_options(p)
@@ -536,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
     _add_threads_option(p)
     p.add_argument("--out", default="runs/figures", help="output folder (default: %(default)s)")
-    p.set_defaults(handler=cmd_figures)
+    p.set_defaults(handler=commands.figures.run)
 
-    p = commands.add_parser("compare", help="compare the samplers: time, nfe, diversity, Frechet distance, colour",
+    p = subparsers.add_parser("compare", help="compare the samplers: time, nfe, diversity, Frechet distance, colour",
                             description="Compare the samplers at several settings; writes compare.md, compare.json "
                                         "and grids/<run>.png into --out.")
     _add_model_options(p)
@@ -549,9 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
     _add_threads_option(p)
     p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
-    p.set_defaults(handler=cmd_compare)
+    p.set_defaults(handler=commands.compare.run)
 
-    p = commands.add_parser("bench", help="run the step-kernel and sampler benchmarks",
+    p = subparsers.add_parser("bench", help="run the step-kernel and sampler benchmarks",
                             description="Run the benchmarks; options not listed here go to the named benchmark "
                                         "(see python -m scoreops.benchmarks.bench_steps --help).")
     p.add_argument("which", nargs="?", choices=("all", "steps", "samplers"), default="all",
@@ -560,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes and short timings: a smoke run, not a result")
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results; runs/bench-quick "
                                                "with --quick, so that a smoke run never replaces the tables)")
-    p.set_defaults(handler=cmd_bench)
+    p.set_defaults(handler=commands.bench.run)
 
-    p = commands.add_parser("demo", help="train on digits, sample, draw the figures and compare, in one go",
+    p = subparsers.add_parser("demo", help="train on digits, sample, draw the figures and compare, in one go",
                             description="The whole pipeline on the embedded digits data set, sized for a few "
                                         "minutes on a 2-core CPU: train, sample with all four samplers, draw the "
                                         "figures, compare the samplers. Rerunning reuses the finished training.")
@@ -571,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_options(p)
     _add_figure_options(p)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the training and the samplers (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s)")
     _add_compare_options(p, "--compare-steps")
@@ -579,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also copy the figures and the comparison table here, e.g. docs/figures (default: no copy)")
     _add_threads_option(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    p.set_defaults(handler=cmd_demo)
+    p.set_defaults(handler=commands.demo.run)
     return parser
 
 

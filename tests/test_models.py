@@ -11,8 +11,9 @@ import torch
 from tutorial_net import tutorial_forward, tutorial_state
 
 from scoreops.sde import marginal_prob_std
-from scoreops.training.checkpoint import CheckpointError, import_tutorial, load_model, resolve_checkpoint
+from scoreops.training.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from scoreops.training.models import ACTIVATIONS, PRESETS, ScoreNet, make_activation, model_options
+from scoreops.training.tutorial_import import import_tutorial
 
 STD = functools.partial(marginal_prob_std, sigma=25.0)
 

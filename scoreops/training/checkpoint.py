@@ -12,6 +12,7 @@ A checkpoint is written into a hidden temporary folder and then renamed into pla
 killed at any moment leaves every ``step-*`` folder complete; the newest ``keep`` are kept.
 Loading checks the hashes, so a truncated or corrupted file is refused with
 :class:`CheckpointError` instead of giving wrong weights. Nothing is unpickled.
+:mod:`scoreops.training.tutorial_import` turns the tutorial's ``ckpt.pth`` into such a folder.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -35,9 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.checks import check_bool
 from ..sde import marginal_prob_std
-from .data import data_location
-from .ema import EMA
-from .models import ScoreNet, model_options
+from .models import ScoreNet
 
 MODEL_FILE, EMA_FILE, OPTIM_FILE = "model.safetensors", "ema.safetensors", "optim.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"
@@ -46,18 +44,6 @@ LOCK_FILE = ".lock"  # in the run folder, held by the training run writing to it
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_KEYS = ("in_channels", "channels", "embed_dim", "kernel_size", "padding", "activation")
 _STEP_DIR = re.compile(r"step-(\d+)$")
-TUTORIAL_SIGMA = 25.0
-# The tutorial ScoreNet's layers (encoder conv1-4, decoder tconv4-1) and where each lives in ours.
-_TUTORIAL_LAYERS = {
-    "embed.0": "embed.0", "embed.1": "embed.1", "tconv1": "final",
-    **{f"conv{i + 1}": f"down.{i}.conv" for i in range(4)},
-    **{f"dense{i + 1}.dense": f"down.{i}.dense" for i in range(4)},
-    **{f"gnorm{i + 1}": f"down.{i}.norm" for i in range(4)},
-    **{f"tconv{4 - i}": f"up.{i}.conv" for i in range(3)},
-    **{f"dense{5 + i}.dense": f"up.{i}.dense" for i in range(3)},
-    **{f"tgnorm{4 - i}": f"up.{i}.norm" for i in range(3)},
-}
-_FROM_TUTORIAL_LAYER = {ours: theirs for theirs, ours in _TUTORIAL_LAYERS.items()}
 
 
 class CheckpointError(RuntimeError):
@@ -105,9 +91,13 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary name is hidden and ends in ``path``'s suffix, for writers that choose the
+    format by it (e.g. ``.png``); a failed ``write`` leaves nothing behind.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's mode
@@ -283,7 +273,12 @@ def build_model(config: dict) -> ScoreNet:
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """``model.load_state_dict(weights)``, turning a key or shape mismatch into a CheckpointError."""
+    """``model.load_state_dict(weights)``, turning a key or shape mismatch, or a weight that is NaN
+    or Inf, into a CheckpointError (such a model would only ever draw NaN samples)."""
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"the weights in {source} hold NaN or Inf (first in {bad}): the run that wrote them "
+                              "diverged; use an earlier checkpoint")
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -319,90 +314,3 @@ def load_model(path: str | os.PathLike, ema: bool = True,
     model = build_model(ckpt.config).to(device)
     load_weights(model, ckpt.ema if ema else ckpt.model, ckpt.path)
     return model.eval(), ckpt.config
-
-
-def tutorial_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tutorial ScoreNet's ``state_dict`` (``conv1.weight``, ``dense1.dense.bias``, ...,
-    ``tconv1.bias``; with or without DataParallel's ``module.`` prefix) under this ScoreNet's names.
-
-    Raises:
-        CheckpointError: a key that is not one of the tutorial ScoreNet's weights, a key given
-            twice (with and without the prefix), or a value that is not a finite float tensor.
-    """
-    renamed = {}
-    for key, value in state.items():
-        layer, _, name = key.removeprefix("module.").rpartition(".") if isinstance(key, str) else ("", "", "")
-        if layer not in _TUTORIAL_LAYERS:
-            raise CheckpointError(f"{key!r} is not a weight of the tutorial's ScoreNet")
-        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided
-                and value.device.type == "cpu"):
-            what = (f"a {value.dtype} {value.layout} tensor on {value.device.type}" if isinstance(value, torch.Tensor)
-                    else f"a {type(value).__name__}")
-            raise CheckpointError(f"{key!r} holds {what}, not a float tensor of weights")
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"{key!r} holds NaN or Inf")
-        ours = f"{_TUTORIAL_LAYERS[layer]}.{name}"
-        if ours in renamed:
-            raise CheckpointError(f"{key!r} is given twice, with and without the 'module.' prefix")
-        renamed[ours] = value
-    return renamed
-
-
-def _tutorial_name(key: str) -> str:
-    """The tutorial's name of one of this ScoreNet's weights."""
-    layer, _, name = key.rpartition(".")
-    return f"{_FROM_TUTORIAL_LAYER[layer]}.{name}"
-
-
-def _load_failure(error: Exception) -> str:
-    """The reason in ``torch.load``'s error, without its page of advice on ``weights_only``."""
-    text = str(error)
-    reason = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
-    return " ".join(reason.split("\n\n")[0].split(". ")[0].split()) or type(error).__name__
-
-
-def import_tutorial(source: str | os.PathLike, run_dir: str | os.PathLike, *, sigma: float = TUTORIAL_SIGMA,
-                    data_dir: str | os.PathLike | None = None) -> Path:
-    """Turn the tutorial's ``ckpt.pth`` (its MNIST ScoreNet's ``state_dict``) into a checkpoint
-    that :func:`load_model` and every ``scoreops`` command read.
-
-    Args:
-        source: the ``.pth`` file, read with ``torch.load(weights_only=True)``.
-        run_dir: the new run folder; it must not hold checkpoints yet.
-        sigma: the SDE's sigma the model was trained with (the tutorial's is 25).
-        data_dir: where MNIST lives, stored for the commands that compare with the data.
-    Returns:
-        The checkpoint folder, at step 0: the EMA weights are the imported ones and the optimiser
-        state is a fresh Adam's (the tutorial saves neither).
-    """
-    if not (math.isfinite(sigma) and sigma > 1):
-        raise ValueError(f"sigma must be a finite number > 1, got {sigma}")
-    if not Path(source).is_file():
-        raise CheckpointError(f"{source} is a directory, not a file" if Path(source).is_dir() else f"no file {source}")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises pickle, zip and runtime errors alike
-        raise CheckpointError(f"cannot read {source} as a saved state_dict: {_load_failure(e)}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} holds a {type(state).__name__}, not a state_dict")
-    options = model_options("tutorial")
-    model = ScoreNet(functools.partial(marginal_prob_std, sigma=sigma), **options)
-    weights, expected = tutorial_weights(state), model.state_dict()
-    extra = sorted(weights.keys() - expected.keys())
-    if extra:
-        raise CheckpointError(f"{_tutorial_name(extra[0])} is not a weight of the tutorial's ScoreNet")
-    for key, want in expected.items():  # named as in the tutorial, which its user knows
-        tutorial_name = _tutorial_name(key)
-        if key not in weights:
-            raise CheckpointError(f"{source} lacks {tutorial_name}, a weight of the tutorial's ScoreNet")
-        if weights[key].shape != want.shape:
-            raise CheckpointError(f"{tutorial_name} in {source} has shape {tuple(weights[key].shape)}; the "
-                                  f"tutorial's MNIST ScoreNet has {tuple(want.shape)}")
-    model.load_state_dict(weights)
-    config = {**options, "preset": "tutorial", "sigma": float(sigma), "dataset": "mnist", "image_size": 28,
-              "data_dir": data_location("mnist", data_dir), "imported_from": str(Path(source).resolve())}
-    with run_lock(run_dir):
-        if latest_checkpoint(run_dir) is not None:
-            raise FileExistsError(f"{run_dir} already holds checkpoints; import into a new folder")
-        return save_checkpoint(run_dir, step=0, model=model, ema=EMA(model),
-                               optimizer=torch.optim.Adam(model.parameters()), config=config)
