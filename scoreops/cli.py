@@ -94,12 +94,13 @@ def _device(text: str) -> str:
 
 
 def _sampler_list(text: str) -> list[str]:
-    from .evaluation.compare import SAMPLERS
+    from .evaluation.compare import ALL_SAMPLERS
 
     names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [n for n in names if n not in SAMPLERS]
+    unknown = [n for n in names if n not in ALL_SAMPLERS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown sampler(s) {unknown or text!r}; choose from {','.join(SAMPLERS)}")
+        raise argparse.ArgumentTypeError(f"unknown sampler(s) {unknown or text!r}; "
+                                         f"choose from {','.join(ALL_SAMPLERS)}")
     return names
 
 
@@ -272,9 +273,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                                                        "the same x(1) (default: %(default)s)")
 
 
-def _add_sampler_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_step_count, default=500,
-                   help="steps of the SDE samplers (EM, Milstein, PC) (default: %(default)s)")
+def _add_sampler_options(p: argparse.ArgumentParser, few_step: bool = False) -> None:
+    if few_step:
+        p.add_argument("--steps", type=_step_count, default=None,
+                       help="steps of the SDE samplers (EM, Milstein, PC; default 500) or sigma intervals of the "
+                            "few-step samplers (default 20)")
+    else:
+        p.add_argument("--steps", type=_step_count, default=500,
+                       help="steps of the SDE samplers (EM, Milstein, PC) (default: %(default)s)")
     p.add_argument("--tol", type=_tolerance, default=1e-5,
                    help="absolute and relative tolerance of the adaptive ODE sampler (default: %(default)s)")
 
@@ -287,7 +293,7 @@ def _add_figure_options(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``scoreops`` argument parser, with one subparser per command."""
-    from .evaluation.compare import SAMPLERS
+    from .evaluation.compare import ALL_SAMPLERS, SAMPLERS
 
     parser = _Parser(prog="scoreops", description="Score-based diffusion with fused samplers: train a ScoreNet, "
                                                   "sample it, draw the paper's figures, compare the samplers.",
@@ -305,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Draw samples; writes samples-<sampler>-<steps or tol>.png (a grid of 8 "
                                         "columns, 8x8 for 64 samples) and .safetensors (the raw tensor) into --out.")
     _add_model_options(p)
-    p.add_argument("--sampler", choices=SAMPLERS, default="milstein", help="sampler (default: %(default)s)")
-    _add_sampler_options(p)
+    p.add_argument("--sampler", choices=ALL_SAMPLERS, default="milstein",
+                   help="sampler: the paper's four, or a few-step sampler on the Karras grid with the final "
+                        "denoise (default: %(default)s)")
+    _add_sampler_options(p, few_step=True)
     p.add_argument("--num-samples", type=_sample_count, default=64, help="samples to draw (default: %(default)s)")
     p.add_argument("--snr", type=_snr, default=0.16,
                    help="PC corrector signal-to-noise ratio (default: %(default)s)")
@@ -347,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_compare_options(p, "--steps")
     p.add_argument("--samplers", type=_sampler_list, default=list(SAMPLERS),
-                   help=f"comma list of samplers (default: {','.join(SAMPLERS)})")
+                   help=f"comma list of samplers, from {','.join(ALL_SAMPLERS)} (default: {','.join(SAMPLERS)})")
     p.add_argument("--num-samples", type=_sample_count, default=64, help="samples per run (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
     _add_threads_option(p)

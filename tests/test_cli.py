@@ -88,6 +88,25 @@ def test_sample_writes_grid_and_the_samplers_tensor(tiny_run, tmp_path, capsys, 
     torch.testing.assert_close(samples, expected)
 
 
+@pytest.mark.parametrize("sampler,steps,nfe", [("heun", 4, 7), ("unipc", None, 20), ("dpmpp_2m_sde", 3, 3)])
+def test_sample_runs_the_few_step_samplers(tiny_run, tmp_path, capsys, seed, sampler, steps, nfe):
+    """The few-step samplers default to 20 steps; the recorded nfe is the model's counted calls."""
+    seed &= 2**63 - 1
+    out = tmp_path / "out"
+    chosen = ["--steps", steps] if steps else []
+    code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", sampler, *chosen, "--seed", seed,
+                          "--device", "cpu", "--out", out)
+    assert code == 0
+    label = f"{sampler}-{steps or 20}"
+    samples = load_file(out / f"samples-{label}.safetensors")["samples"]
+    with safe_open(out / f"samples-{label}.safetensors", "pt") as f:
+        assert int(f.metadata()["nfe"]) == nfe
+    model, _ = load_model(tiny_run)
+    wrapper = samplers.FEW_STEP_SAMPLERS[sampler][0]
+    expected = wrapper(model, VESDE(25.0), None, 64, steps or 20, shape=(1, 8, 8), seed=seed, device="cpu")
+    torch.testing.assert_close(samples, expected)
+
+
 def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys, monkeypatch):
     titles = {}
 

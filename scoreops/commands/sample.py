@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> Path:
     """Draw the samples; under torchrun each process draws its shard of the stream's samples
     (``sample_offset``) and rank 0 gathers and writes them all."""
     from ..evaluation.compare import draw_samples
+    from ..samplers import FEW_STEP_SAMPLERS
 
     with distributed.process_group(args.device) as (rank, world_size, device):
         if args.num_samples < world_size:
@@ -23,7 +24,8 @@ def run(args: argparse.Namespace) -> Path:
         model, _, sde, shape = load_run(args.checkpoint, args.raw_weights, device)
         out = output_folder(args.out)
         offset, count = distributed.shard(args.num_samples, rank, world_size)
-        run = draw_samples(args.sampler, model, sde, shape, num_samples=count, sample_offset=offset, steps=args.steps,
+        steps = args.steps or (20 if args.sampler in FEW_STEP_SAMPLERS else 500)
+        run = draw_samples(args.sampler, model, sde, shape, num_samples=count, sample_offset=offset, steps=steps,
                            tol=args.tol, snr=args.snr, correction=args.correction, seed=args.seed, device=device,
                            backend=args.backend, progress=rank == 0)
         # The ODE's nfe and every wall time differ between shards: report the largest.

@@ -4,7 +4,8 @@ For every sampler and setting (step counts for the SDE samplers, tolerances for 
 ODE) it draws ``num_samples`` samples from one seed and reports:
 
 * wall time and nfe (score-model evaluations: ``num_steps`` for EM and Milstein, twice that
-  for PC with its one corrector step, as counted by the solver for the ODE);
+  for PC with its one corrector step, as counted by the solver for the ODE, and counted by
+  wrapping the model for the few-step samplers);
 * diversity: the mean pairwise distance between the samples' classifier features;
 * the Frechet distance between the Gaussian fits of the samples' features and of the data's;
 * what the classifier makes of the samples: its mean max-softmax confidence, and how many of
@@ -34,8 +35,10 @@ from ..sde import VESDE
 from ..training.data import load_images
 from . import metrics
 
-#: The samplers, in the order of the paper's Figure 4, then the paper's own.
+#: The paper's samplers, in the order of its Figure 4, then the paper's own.
 SAMPLERS = ("pc", "em", "ode", "milstein")
+#: Every sampler ``compare`` and ``sample`` run: the paper's, then the few-step samplers.
+ALL_SAMPLERS = SAMPLERS + tuple(samplers.FEW_STEP_SAMPLERS)
 LABELLED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
@@ -93,15 +96,17 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
                  tol: float = 1e-5, snr: float = 0.16, correction: str = "time", seed: int = 0,
                  x_T: torch.Tensor | None = None, sample_offset: int = 0, device: torch.device | str = "cpu",
                  backend: str = "auto", progress: bool = False) -> SampleRun:
-    """Run one of the four scoreops samplers and time it.
+    """Run one scoreops sampler and time it.
 
     Args:
-        sampler: ``"em"``, ``"milstein"``, ``"pc"`` or ``"ode"``.
+        sampler: ``"em"``, ``"milstein"``, ``"pc"``, ``"ode"`` or a few-step sampler of
+            :data:`scoreops.samplers.FEW_STEP_SAMPLERS` (on its default Karras grid with the final
+            denoise; its nfe is counted by wrapping the model).
         model: the score model, ``model(x, t)``.
         sde: the VE SDE the model was trained for.
         shape: (C, H, W) of one sample.
         num_samples: batch size N (ignored when ``x_T`` is given).
-        steps: ``num_steps`` of the SDE samplers.
+        steps: ``num_steps`` of the SDE and few-step samplers.
         tol: the ODE's absolute and relative tolerance.
         snr: the PC corrector's signal-to-noise ratio.
         correction: the Milstein sampler's ``correction`` (``"time"``, the paper's, or ``"ito"``).
@@ -112,8 +117,8 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
         progress: show a tqdm bar (per step, or per score evaluation for the ODE). On CUDA the
             SDE samplers run without one, as one CUDA graph.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in ALL_SAMPLERS:
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     device = torch.device(device)
     common = dict(device=device, shape=tuple(shape), seed=seed, sample_offset=sample_offset, backend=backend)
     start = time.perf_counter()
@@ -122,6 +127,16 @@ def draw_samples(sampler: str, model, sde: VESDE, shape, *, num_samples: int = 6
             result = samplers.ode_sample(_counting(model, bar), sde, None, num_samples, atol=tol, rtol=tol, z=x_T,
                                          full_output=True, **common)
         samples, nfe = result.samples, result.nfe
+    elif sampler in samplers.FEW_STEP_SAMPLERS:
+        calls = []
+
+        def counted(x, t):
+            calls.append(1)
+            return model(x, t)
+
+        wrapper = samplers.FEW_STEP_SAMPLERS[sampler][0]
+        samples = wrapper(counted, sde, None, num_samples, steps, x_T=x_T, progress=progress, **common)
+        nfe = len(calls)
     else:
         sde_common = dict(x_T=x_T, progress=progress and device.type != "cuda", **common)
         if sampler == "em":
@@ -226,8 +241,8 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
     Args:
         model, sde: the score model and its SDE.
         reference: the classifier and data statistics (:meth:`Reference.build`).
-        sampler_names: which of :data:`SAMPLERS` to run.
-        steps: step counts of the SDE samplers.
+        sampler_names: which of :data:`ALL_SAMPLERS` to run.
+        steps: step counts of the SDE and few-step samplers.
         ode_tols: tolerances (atol = rtol) of the ODE sampler.
         num_samples: samples per run (>= 2).
         seed: one noise-stream seed for every run, so all start from the same x(1).
@@ -238,9 +253,9 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
         The rows (the ``data`` row, then one per run; see the module docstring for the keys)
         and the runs, with their samples.
     """
-    unknown = [s for s in sampler_names if s not in SAMPLERS]
+    unknown = [s for s in sampler_names if s not in ALL_SAMPLERS]
     if unknown or not sampler_names or len(set(sampler_names)) != len(sampler_names):
-        raise ValueError(f"samplers must be a non-empty selection of {SAMPLERS} without repeats, "
+        raise ValueError(f"samplers must be a non-empty selection of {ALL_SAMPLERS} without repeats, "
                          f"got {list(sampler_names)}")
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 to measure diversity, got {num_samples}")
