@@ -39,10 +39,12 @@ FAST_DEFAULTS = {
     "milstein_sample": {"num_steps": 3},
     "pc_sample": {"num_steps": 3},
     "ode_sample": {"atol": 1e-2, "rtol": 1e-2},
+    **{f"{name}_sample": {"num_steps": 3} for name in samplers.FEW_STEP_SAMPLERS},
 }
+DROP_IN = {"em_sample", "milstein_sample", "pc_sample", "ode_sample"}
 # Sections whose examples this test exists for, and those that show a print's output: finding
 # none there means the parser is broken.
-EXPECTED_SECTIONS = {"Drop-in samplers", "The fused ops"}
+EXPECTED_SECTIONS = {"Drop-in samplers", "Few-step samplers", "The fused ops"}
 EXPECTED_OUTPUT_SECTIONS = {"The fused ops"}
 
 
@@ -162,8 +164,9 @@ def test_readme_python_block_runs(block, tmp_path, fast_samplers, plain_environm
     printed = capsys.readouterr().out
     if (shown := _shown_output(block.code)) is not None:
         assert printed.splitlines() == shown
-    if block.heading == "Drop-in samplers":
-        assert {name for name, _ in fast_samplers} == set(FAST_DEFAULTS)
+    if block.heading in ("Drop-in samplers", "Few-step samplers"):
+        if block.heading == "Drop-in samplers":
+            assert {name for name, _ in fast_samplers} == DROP_IN
         for name, result in fast_samplers:
             samples = result.samples if isinstance(result, samplers.ODEResult) else result
             # 64 samples of the checkpoint's own shape, not the (1, 28, 28) default
