@@ -108,8 +108,22 @@ def canonical_device(device: torch.device | str) -> torch.device:
 
 
 def default_device(device: torch.device | str | None = None) -> torch.device:
-    """``device``, or CUDA when available and else the CPU when it is None; in canonical form."""
-    return canonical_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    """``device``, or CUDA when available and else the CPU when it is None; in canonical form.
+
+    A user's device is checked here, once per call: one that torch cannot parse, or a CUDA device
+    this machine lacks, is a ValueError naming ``device``.
+    """
+    if device is None:
+        return canonical_device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            raise ValueError(f"device {str(parsed)!r} does not exist on this machine: it has {count} CUDA device(s)")
+    return canonical_device(parsed)
 
 
 def as_counter(name: str, v, device: torch.device) -> torch.Tensor:
