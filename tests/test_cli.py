@@ -248,10 +248,10 @@ def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
 
 
 def test_unknown_sampler_is_one_line_error(tiny_run, tmp_path, capsys):
-    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", "heun", "--out", tmp_path)
-    one_line_error(code, err, "--sampler", "heun")
-    code, _, err = run(capsys, "compare", "--checkpoint", tiny_run, "--samplers", "em,heun", "--out", tmp_path)
-    one_line_error(code, err, "heun")
+    code, _, err = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", "rk4", "--out", tmp_path)
+    one_line_error(code, err, "--sampler", "rk4")
+    code, _, err = run(capsys, "compare", "--checkpoint", tiny_run, "--samplers", "em,rk4", "--out", tmp_path)
+    one_line_error(code, err, "rk4")
 
 
 def test_unwritable_output_folder_is_one_line_error(tiny_run, tmp_path, capsys):
