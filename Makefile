@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PEERS := $(VENV)/.peers-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-quality clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: install
 
 bench: install
 	$(VENV)/bin/scoreops bench --out benchmarks/results
+
+# Quality per NFE against k-diffusion; trains the digits model once (cached) and caches every run.
+bench-quality: install $(PEERS)
+	$(PY) benchmarks/bench_quality.py --out benchmarks/results --figures-dir docs/figures
 
 clean:
 	rm -rf build dist *.egg-info runs

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import importlib.util
 import sys
 import types
 import warnings
@@ -39,9 +38,10 @@ from scoreops.samplers import FEW_STEP_SAMPLERS, sigma_grid, sigma_space
 from scoreops.sde import VESDE
 
 try:
-    from . import common
+    from . import common, peers
 except ImportError:  # run as a script: python benchmarks/bench_overhead.py
     import common
+    import peers
 
 SIGMA, STEPS = 25.0, 20
 
@@ -51,24 +51,6 @@ QUICK_SHAPES = "4x1x8x8"
 
 # k-diffusion's samplers that draw noise, and so take a noise_sampler.
 K_STOCHASTIC = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
-
-
-def _k_diffusion_sampling() -> tuple[types.ModuleType | None, str | None]:
-    """k-diffusion's ``sampling`` module, loaded without the package ``__init__`` (which imports
-    its training code and their dependencies): ``(module, None)``, or ``(None, why)``."""
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"], None
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None, "k-diffusion is not installed (pip install --no-deps -r requirements-peers.txt)"
-    if "k_diffusion" not in sys.modules:
-        package = types.ModuleType("k_diffusion")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["k_diffusion"] = package
-    try:
-        return importlib.import_module("k_diffusion.sampling"), None
-    except ImportError as e:
-        return None, f"k-diffusion's sampling module does not import: {e}"
 
 
 def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -229,7 +211,7 @@ def main(argv: list[str] | None = None) -> tuple:
     backends = list(dict.fromkeys(ops.resolve_backend(b, device) for b in _split(args.backend)))
     if not backends:
         raise ValueError(f"--backend: no backend given; available for {device.type}: {ops.available_backends(device)}")
-    k_sampling, k_missing = _k_diffusion_sampling()
+    k_sampling, k_missing = peers.k_diffusion_sampling()
 
     info = common.machine_info(device)
     print(common.describe_machine(info))

@@ -1,134 +1,508 @@
-"""Sample quality per score evaluation: scoreops's few-step samplers against k-diffusion's, on one model.
+"""Sample quality per score evaluation and per second: every scoreops sampler, and its peers, on one model.
 
-For every sampler and NFE budget, ``--seeds`` runs of ``--samples`` samples each, every run of a
-seed starting from the same prior noise (the scoreops stream's, seed 1000 + s); quality is the
-Frechet distance (FD) in the features of the data set's classifier
+Each sampler runs over an NFE grid that suits it: the few-step solvers
+(:data:`scoreops.samplers.FEW_STEP_SAMPLERS`) at about 5, 10, 20 and 50 score evaluations (NFE;
+Heun's N steps cost 2N - 1), Euler-Maruyama, Milstein and predictor-corrector (2 NFE per step)
+at about 50 to 1000, and the adaptive ODE solver at a few tolerances. For every (sampler, NFE)
+there are ``--seeds`` runs of ``--samples`` samples; every run of seed s, whatever its sampler,
+starts from the same prior noise (the scoreops stream's ``prior_sample``, seed 1000 + s).
+Quality is the Frechet distance (FD) in the features of the data set's classifier
 (:mod:`scoreops.evaluation.metrics`), printed beside the floor of real data against real data.
-NFE is counted by wrapping the model, never taken from a sampler. k-diffusion (0.1.1.post1,
-``requirements-peers.txt``) runs on its Karras grid with the same ends, through
-:func:`scoreops.score_to_denoiser`, when it is installed; its stochastic samplers draw their own
-(Brownian-tree) noise. A difference between two means is a result only where it exceeds the
-spread over seeds.
+NFE is counted by wrapping the model, never taken from a sampler; the seconds are those of the
+same runs (synchronised on CUDA, where the SDE samplers run without graph capture so that every
+call is counted).
 
-This is the first cut of the quality benchmark: no cache of results and no figures yet.
-Run ``python benchmarks/bench_quality.py --help``.
+The peers run on the same model, through :func:`scoreops.score_to_denoiser`, when installed:
+k-diffusion 0.1.1.post1 (``requirements-peers.txt``) on its Karras grid with the ends of
+:func:`scoreops.sigma_grid`, its stochastic samplers with their own (Brownian-tree) noise
+seeded by ``torch.manual_seed(s)``, and its adaptive DPM-Solver at a few tolerances. diffusers is
+reported as skipped.
+
+A difference between two means counts only where it exceeds the larger of their spreads (sample
+standard deviations over seeds). Each run's FD, NFE and seconds are cached in
+``<out>/quality-cache.json`` under a key of the library, sampler, options, NFE budget, seed,
+sample count, model weights, classifier, machine and code version (scoreops's version and a hash
+of its sampler, op and kernel sources; k-diffusion's version and a hash of its ``sampling.py``),
+so a rerun measures only what changed (``--fresh`` measures everything again). Run
+``python benchmarks/bench_quality.py --help``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
-import math
+import shutil
+import statistics
+import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+import scoreops
+from scoreops import samplers
+from scoreops.commands.runs import load_run
 from scoreops.evaluation import compare, metrics
-from scoreops.samplers import FEW_STEP_SAMPLERS, score_to_denoiser, sigma_grid, sigma_space
-from scoreops.sde import VESDE, prior_sample
-from scoreops.training.checkpoint import load_model
+from scoreops.sde import prior_sample
+from scoreops.training.checkpoint import atomic_write
 
 try:
-    from . import common
-    from .bench_overhead import k_diffusion_sampling
+    from . import common, peers
 except ImportError:  # run as a script: python benchmarks/bench_quality.py
     import common
-    from bench_overhead import k_diffusion_sampling
+    import peers
 
-PEERS = {"heun": "sample_heun", "euler": "sample_euler", "euler_ancestral": "sample_euler_ancestral",
-         "dpmpp_2m": "sample_dpmpp_2m", "dpmpp_2m_sde": "sample_dpmpp_2m_sde", "dpmpp_3m_sde": "sample_dpmpp_3m_sde"}
+FEW_STEP = tuple(samplers.FEW_STEP_SAMPLERS)
+SDE = ("em", "milstein", "pc")
+FEW_STEP_NFE = (5, 10, 20, 50)
+SDE_NFE = (50, 100, 200, 500, 1000)
+# Adaptive solvers spend what their tolerance asks; their NFE is counted like everyone's.
+ODE_TOLERANCES = (1e-2, 1e-3, 1e-4)
+K_ADAPTIVE_RTOLS = (0.2, 0.1, 0.05)
+# k-diffusion's sampler of each scoreops few-step sampler it also has.
+K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral": "sample_euler_ancestral",
+              "dpmpp_2m": "sample_dpmpp_2m", "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
+              "dpmpp_3m_sde": "sample_dpmpp_3m_sde"}
+ALL_SAMPLERS = FEW_STEP + SDE + ("ode", "dpm_adaptive")
+QUICK = {"samplers": ("heun", "dpmpp_2m_sde", "unipc"), "nfe": (10, 20), "seeds": 2, "samples": 256}
+MIN_SAMPLES = 512
+HEADLINE_NFE = (10, 20, 50)
+DEFAULT_TRAIN_STEPS = 4000
+FIRST_SEED = 1000  # prior noise of seed s: prior_sample(..., seed=FIRST_SEED + s)
 
 
-def steps_for(name: str, nfe: int) -> int:
-    """Grid steps that spend at most ``nfe`` score evaluations (Heun: 2N - 1 for N steps)."""
-    return max(1, (nfe + 1) // 2) if name == "heun" else nfe
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One (library, sampler, options, budget) cell of the grid; ``steps`` is what the sampler is given."""
+    library: str
+    sampler: str
+    budget: int | None = None
+    steps: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The figure's line: library, sampler and its options, without the budget."""
+        extra = ", ".join(f"{k}={v:g}" for k, v in self.options if k not in ("tol", "rtol"))
+        return f"{self.library} {self.sampler}" + (f" ({extra})" if extra else "")
 
 
+def steps_for(sampler: str, budget: int) -> int:
+    """Steps that spend at most ``budget`` score evaluations (Heun: 2N - 1; PC: 2 per step)."""
+    if sampler == "heun":
+        return (budget + 1) // 2
+    return budget // 2 if sampler == "pc" else budget
+
+
+def min_steps(sampler: str) -> int:
+    """The fewest steps a sampler takes (the SDE samplers' tutorial grid needs two)."""
+    return 2 if sampler in SDE else 1
+
+
+def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool, k_available: bool) -> list[Spec]:
+    """Every run to report, in table order: scoreops first, then k-diffusion; by NFE within a sampler."""
+    specs = []
+    for library in ("scoreops", "k-diffusion"):
+        if library == "k-diffusion" and not k_available:
+            continue
+        for name in names:
+            if library == "k-diffusion" and name not in K_SAMPLERS and name != "dpm_adaptive":
+                continue
+            if library == "scoreops" and name == "dpm_adaptive":
+                continue
+            if name == "ode":
+                specs += [Spec(library, name, options=(("tol", tol),)) for tol in ODE_TOLERANCES]
+            elif name == "dpm_adaptive":
+                specs += [Spec(library, name, options=(("rtol", rtol),)) for rtol in K_ADAPTIVE_RTOLS]
+            else:
+                grid = budgets or (QUICK["nfe"] if quick else SDE_NFE if name in SDE else FEW_STEP_NFE)
+                specs += [Spec(library, name, b, steps_for(name, b)) for b in grid
+                          if steps_for(name, b) >= min_steps(name)]
+    return specs
+
+
+# --------------------------------------------------------------------------- cache keys
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def code_versions(k_sampling) -> dict[str, str]:
+    """What a cached result depends on besides its settings, per library: the code that made it."""
+    package = Path(scoreops.__file__).parent
+    source = [p for folder in ("samplers", "ops", "kernels") for p in sorted((package / folder).glob("*.py"))]
+    versions = {"scoreops": f"scoreops {scoreops.__version__} {_digest(*(p.read_bytes() for p in source))}"}
+    if k_sampling is not None:
+        adapter = Path(samplers.denoiser.__file__).read_bytes()
+        versions["k-diffusion"] = (f"k-diffusion {peers.version('k-diffusion')} "
+                                   f"{_digest(Path(k_sampling.__file__).read_bytes(), adapter)}")
+    return versions
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A hash of a module's weights: the cache's key for 'the same model' (or classifier)."""
+    return _digest(*(name.encode() + value.detach().cpu().contiguous().numpy().tobytes()
+                     for name, value in sorted(module.state_dict().items())))
+
+
+def cache_key(spec: Spec, seed: int, context: dict[str, Any], code: str) -> str:
+    """The cache's key of one run: the spec, the seed, the code and the ``context`` (samples, model, ...)."""
+    return json.dumps({"library": spec.library, "sampler": spec.sampler, "options": dict(spec.options),
+                       "nfe": spec.budget, "seed": seed, "code": code, **context}, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- the model
+def default_checkpoint() -> Path:
+    """The cached digits run of ``scoreops train``'s defaults and 4000 steps, trained on first use."""
+    from scoreops.cli import main as cli_main
+
+    run = metrics.default_cache_dir() / "bench-quality" / f"digits-{DEFAULT_TRAIN_STEPS}"
+    if (run / "checkpoints").is_dir():
+        return run
+    partial = run.with_name(run.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted training left
+    print(f"bench_quality: no --checkpoint; training the digits preset ({DEFAULT_TRAIN_STEPS} steps, once) into "
+          f"{run}", flush=True)
+    if cli_main(["train", "--dataset", "digits", "--steps", str(DEFAULT_TRAIN_STEPS), "--out", str(partial)]) != 0:
+        raise SystemExit("bench_quality: training the digits model failed")
+    partial.rename(run)  # only a finished run is ever found under the cache name
+    return run
+
+
+def warm_up(model, x: torch.Tensor) -> None:
+    """One uncounted model call at the run's batch, so the first timed run pays no start-up costs."""
+    with torch.no_grad():
+        model(x, torch.ones(x.shape[0], device=x.device))
+
+
+def sample(spec: Spec, score, denoiser, x: torch.Tensor, sde, seed: int, k_sampling) -> torch.Tensor:
+    """One run of ``spec`` from the prior sample ``x``; ``score`` and ``denoiser`` count their calls."""
+    device = x.device
+    options = dict(spec.options)
+    if spec.library == "k-diffusion":
+        ends = samplers.sigma_grid(sde, 2)  # [std(1), std(eps), 0]: the same ends as scoreops's grids
+        sigma_min, sigma_max = float(ends[1]), float(ends[0])
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            # torchsde's Brownian interval warns about float rounding of its own interval ends.
+            warnings.filterwarnings("ignore", module="torchsde")
+            if spec.sampler == "dpm_adaptive":
+                return k_sampling.sample_dpm_adaptive(denoiser, x, sigma_min, sigma_max, rtol=options["rtol"],
+                                                      disable=True)
+            sigmas = k_sampling.get_sigmas_karras(spec.steps, sigma_min, sigma_max, device=device)
+            return getattr(k_sampling, K_SAMPLERS[spec.sampler])(denoiser, x, sigmas, disable=True)
+    if spec.sampler in FEW_STEP:
+        core = samplers.FEW_STEP_SAMPLERS[spec.sampler][1]
+        return core(denoiser, x, samplers.sigma_grid(sde, spec.steps), seed=seed)
+    if spec.sampler == "ode":
+        return samplers.ode_sample(score, sde, None, x.shape[0], atol=options["tol"], rtol=options["tol"], z=x,
+                                   seed=seed, device=device)
+    fn = {"em": samplers.em_sample, "milstein": samplers.milstein_sample, "pc": samplers.pc_sample}[spec.sampler]
+    # No graph capture: a replayed graph would call the model without being counted.
+    return fn(score, sde, None, x.shape[0], spec.steps, x_T=x, seed=seed, device=device, cuda_graph=False)
+
+
+# --------------------------------------------------------------------------- the report
+def summarise(spec: Spec, runs: list[dict], samples: int) -> dict:
+    """The row of one spec from its runs (one per seed): FD mean and sample std, median seconds."""
+    fds = [r["fd"] for r in runs]
+    nfes = [r["nfe"] for r in runs]
+    # The median: one run slowed by another process on the machine does not move it.
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"library": spec.library, "sampler": spec.sampler, "options": dict(spec.options), "budget": spec.budget,
+            "steps": spec.steps, "nfe": nfes[0] if len(set(nfes)) == 1 else statistics.fmean(nfes),
+            "nfe_max": max(nfes), "nfe_per_seed": nfes, "fd_mean": statistics.fmean(fds),
+            "fd_std": statistics.stdev(fds) if len(fds) > 1 else None, "fds": fds, "seconds": seconds,
+            "seconds_per_512": seconds * 512 / samples, "label": spec.label}
+
+
+def verdict(ours: dict | None, theirs: dict | None) -> str:
+    """scoreops's best against a peer's: a win only where the means differ by more than the larger spread."""
+    if ours is None or theirs is None:
+        return "-"
+    if ours["fd_std"] is None or theirs["fd_std"] is None:
+        return "no spread (1 seed)"
+    gap = theirs["fd_mean"] - ours["fd_mean"]
+    if abs(gap) <= max(ours["fd_std"], theirs["fd_std"]):
+        return "within spread"
+    return "scoreops lower FD" if gap > 0 else "peer lower FD"
+
+
+def headline(rows: list[dict], libraries: list[str]) -> list[dict]:
+    """Per NFE limit of :data:`HEADLINE_NFE` that the grid reached (a run at that budget, or an
+    adaptive run above the limit before it), each library's best run (lowest mean FD) within it."""
+    table = []
+    for previous, limit in zip((0,) + HEADLINE_NFE, HEADLINE_NFE):
+        if not any(r["budget"] == limit or (r["budget"] is None and previous < r["nfe_max"] <= limit) for r in rows):
+            continue
+        entry = {"nfe_limit": limit}
+        for library in libraries:
+            fits = [r for r in rows if r["library"] == library and r["nfe_max"] <= limit]
+            entry[library] = min(fits, key=lambda r: r["fd_mean"]) if fits else None
+        entry["verdict"] = verdict(entry.get("scoreops"), entry.get("k-diffusion")) if len(libraries) > 1 else "-"
+        table.append(entry)
+    return table
+
+
+def _fd_cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    spread = f" ± {row['fd_std']:.2f}" if row["fd_std"] is not None else ""
+    return f"{row['fd_mean']:.2f}{spread}"
+
+
+def _options_cell(options: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in options.items()) or "-"
+
+
+def headline_markdown(table: list[dict], libraries: list[str]) -> str:
+    """FD at NFE <= 10, 20 and 50, and seconds per 512 samples, of each library's best sampler."""
+    header = ["NFE ≤"]
+    for library in libraries:
+        header += [f"{library}: best sampler", "FD (mean ± std)", "s / 512 samples"]
+    lines = ["| " + " | ".join(header + ["verdict"]) + " |", "|" + "---|" * (len(header) + 1)]
+    for entry in table:
+        cells = [str(entry["nfe_limit"])]
+        for library in libraries:
+            row = entry[library]
+            cells += (["-", "-", "-"] if row is None else
+                      [f"{row['sampler']} ({row['nfe']:g} NFE)", _fd_cell(row), f"{row['seconds_per_512']:.2f}"])
+        lines.append("| " + " | ".join(cells + [entry["verdict"]]) + " |")
+    return "\n".join(lines)
+
+
+ROW_COLUMNS = [common.Column("library", "library"), common.Column("sampler", "sampler"),
+               common.Column("options", "options", _options_cell), common.Column("steps", "steps"),
+               common.Column("nfe", "NFE (counted)", "{:g}"), common.Column("fd_mean", "FD mean", "{:.2f}"),
+               common.Column("fd_std", "FD std", "{:.2f}"), common.Column("seconds", "s per run", "{:.2f}"),
+               common.Column("seconds_per_512", "s per 512 samples", "{:.2f}")]
+
+
+def plot(rows: list[dict], x_key: str, x_label: str, path: Path, title: str, floor: float) -> Path:
+    """FD against ``x_key`` on a log x axis, one line per sampler; peers dashed, in their scoreops twin's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    names = list(dict.fromkeys(r["sampler"] for r in rows))
+    # tab20's strong colours first, then its pale ones: neighbouring samplers stay distinct.
+    palette = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+    colours = {name: palette[i % 20] for i, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        line = sorted((r for r in rows if r["label"] == label), key=lambda r: r[x_key])
+        peer = line[0]["library"] != "scoreops"
+        ax.errorbar([r[x_key] for r in line], [r["fd_mean"] for r in line],
+                    yerr=[r["fd_std"] or 0.0 for r in line], color=colours[line[0]["sampler"]],
+                    linestyle="--" if peer else "-", marker="s" if peer else "o", markersize=4, capsize=2,
+                    label=label)
+    ax.axhline(floor, color="grey", linestyle=":", label=f"real data ({floor:.2f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("FD to data (mean ± std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_quality", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a scoreops run folder or checkpoint (e.g. of the digits "
-                                                            "preset: scoreops train --dataset digits --steps 4000)")
-    parser.add_argument("--nfe", default="10,20", help="comma list of NFE budgets (default: %(default)s)")
-    parser.add_argument("--samplers", default=",".join(FEW_STEP_SAMPLERS), help="comma list (default: all few-step)")
-    parser.add_argument("--seeds", type=int, default=3, help="runs per (sampler, NFE) (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=512, help="samples per run (default: %(default)s)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a scoreops run folder or checkpoint (default: the digits preset, trained once with "
+                             f"scoreops train's defaults and {DEFAULT_TRAIN_STEPS} steps into the scoreops cache "
+                             "folder, ~4 min on 2 CPU cores)")
+    parser.add_argument("--samplers", default=None,
+                        help=f"comma list of samplers, each run in every library that has it (default: all of "
+                             f"{','.join(ALL_SAMPLERS)}; --quick: {','.join(QUICK['samplers'])})")
+    parser.add_argument("--nfe", default=None,
+                        help=f"comma list of NFE budgets for every fixed-step sampler (default: few-step "
+                             f"{','.join(map(str, FEW_STEP_NFE))}, em/milstein/pc {','.join(map(str, SDE_NFE))}; "
+                             f"--quick: {','.join(map(str, QUICK['nfe']))})")
+    parser.add_argument("--seeds", type=int, default=None, help="runs per (sampler, NFE), >= 1 (default: 3)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"samples per run, >= {MIN_SAMPLES} unless --quick (default: 512)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"minutes: {','.join(QUICK['samplers'])} at NFE {','.join(map(str, QUICK['nfe']))}, "
+                             f"{QUICK['seeds']} seeds x {QUICK['samples']} samples (a smoke run, not for comparison)")
+    parser.add_argument("--fresh", action="store_true", help="measure every run again, replacing its cached result")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda[:i]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for quality.json and quality.md")
-    parser.add_argument("--classifier-cache", default=None, help="folder of the cached feature classifier "
-                                                                 "(default: scoreops's cache folder)")
+    parser.add_argument("--out", default="benchmarks/results",
+                        help="folder of quality.json, quality.md and the result cache (default: %(default)s)")
+    parser.add_argument("--figures-dir", default=None,
+                        help="folder of fd_vs_nfe.png and fd_vs_seconds.png (default: --out)")
+    parser.add_argument("--classifier-cache", default=None,
+                        help="folder of the cached feature classifier (default: scoreops's cache folder)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _names(text: str | None, quick: bool) -> list[str]:
+    if text is None:
+        return list(QUICK["samplers"] if quick else ALL_SAMPLERS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_SAMPLERS]
+    if unknown or not names:
+        raise SystemExit(f"bench_quality: --samplers: unknown {unknown or 'empty list'}; choose from "
+                         f"{','.join(ALL_SAMPLERS)}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The checked options; ``samplers`` becomes a list and ``nfe`` a tuple of ints (or None)."""
     args = build_parser().parse_args(argv)
-    if args.threads:
+    args.samplers = _names(args.samplers, args.quick)
+    if args.nfe is not None:
+        try:
+            args.nfe = tuple(int(v) for v in args.nfe.split(","))
+        except ValueError:
+            raise SystemExit(f"bench_quality: --nfe must be a comma list of integers, got {args.nfe!r}") from None
+        if min(args.nfe) < 1:
+            raise SystemExit(f"bench_quality: --nfe budgets must be >= 1, got {args.nfe}")
+    args.seeds = args.seeds if args.seeds is not None else QUICK["seeds"] if args.quick else 3
+    args.samples = args.samples if args.samples is not None else QUICK["samples"] if args.quick else 512
+    if args.seeds < 1:
+        raise SystemExit(f"bench_quality: --seeds must be >= 1, got {args.seeds}")
+    if args.samples < MIN_SAMPLES and not args.quick:
+        raise SystemExit(f"bench_quality: --samples must be >= {MIN_SAMPLES} (FD is biased at fewer), got "
+                         f"{args.samples}; --quick allows fewer")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"bench_quality: --threads must be >= 1, got {args.threads}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure what the cache lacks, then write quality.json, quality.md and the two figures.
+
+    Args:
+        args: from :func:`parse_args` (tests may lower ``samples`` after it).
+    Returns:
+        The result written to quality.json.
+    """
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.seeds < 2 or args.samples < 2:
-        raise SystemExit("bench_quality: --seeds and --samples must be at least 2 (a spread needs two)")
-    budgets = [int(v) for v in args.nfe.split(",")]
-    names = [n.strip() for n in args.samplers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FEW_STEP_SAMPLERS]
-    if unknown:
-        raise SystemExit(f"bench_quality: unknown sampler(s) {unknown}; choose from {','.join(FEW_STEP_SAMPLERS)}")
-    model, config = load_model(args.checkpoint, device="cpu")
-    sde = VESDE(float(config["sigma"]))
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    device = common.resolve_device(args.device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    model, config, sde, shape = load_run(str(checkpoint), False, device)
+    model.eval()
     images, labels = compare.load_labelled(config["dataset"], config.get("data_dir"), config["image_size"])
-    reference = compare.Reference.build(metrics.load_or_train_classifier(config["dataset"], images, labels,
-                                                                            cache_dir=args.classifier_cache), images)
+    classifier = metrics.load_or_train_classifier(config["dataset"], images, labels,
+                                                  cache_dir=args.classifier_cache)
+    reference = compare.Reference.build(classifier, images)
     floor = compare.data_row(reference, args.samples)["frechet_distance"]
-    k = k_diffusion_sampling()
+
+    k_sampling, k_missing = peers.k_diffusion_sampling()
+    notes = [k_missing + ": skipped"] if k_missing else []
+    diffusers_version = peers.version("diffusers")
+    notes.append("diffusers not installed: skipped" if diffusers_version is None else
+                 f"diffusers {diffusers_version} installed, but this benchmark does not run its schedulers yet: "
+                 f"skipped")
+    libraries = ["scoreops"] + (["k-diffusion"] if k_sampling is not None else [])
+    specs = build_grid(args.samplers, args.nfe, args.quick, k_sampling is not None)
+    if not specs:
+        raise SystemExit(f"bench_quality: nothing to run for --samplers {','.join(args.samplers)} and --nfe "
+                         f"{args.nfe}")
+
+    info = common.machine_info(device)
+    code = code_versions(k_sampling)
+    context = {"samples": args.samples, "model": weights_hash(model), "classifier": weights_hash(classifier.net),
+               "device": info["device_name"], "threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_path = out / "quality-cache.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    keys = {(spec, seed): cache_key(spec, seed, context, code[spec.library])
+            for spec in specs for seed in range(args.seeds)}
+    todo = [(spec, seed) for (spec, seed), key in keys.items() if args.fresh or key not in cache]
+    print(f"bench_quality: {len(keys)} runs, {len(keys) - len(todo)} cached, {len(todo)} to measure", flush=True)
+
     calls = [0]
 
-    def counted(x, t):
+    def score(x, t):
         calls[0] += 1
         return model(x, t)
 
-    denoiser = score_to_denoiser(counted, sde)
-    runs = [(lib, n, b) for b in budgets for lib in ("scoreops", "k-diffusion") for n in names
-            if lib == "scoreops" or (k is not None and n in PEERS)]
-    rows = []
-    with tqdm(total=len(runs) * args.seeds, desc="bench_quality", unit="run") as bar:
-        for lib, name, budget in runs:
-            sigmas = sigma_grid(sde, steps_for(name, budget)).to(torch.float32)
-            fds, seconds, nfes = [], [], []
-            for seed in range(args.seeds):
-                x = prior_sample(sde.marginal_prob_std, args.samples, shape, seed=1000 + seed)
-                calls[0] = 0
-                start = time.perf_counter()
-                with torch.no_grad():
-                    if lib == "scoreops":
-                        out = getattr(sigma_space, f"sample_{name}")(denoiser, x, sigmas, seed=seed)
-                    else:
-                        torch.manual_seed(seed)
-                        out = getattr(k, PEERS[name])(denoiser, x, sigmas, disable=True)
-                seconds.append(time.perf_counter() - start)
-                nfes.append(calls[0])
-                fds.append(reference.measure(out)["frechet_distance"])
-                bar.update()
-            mean = sum(fds) / len(fds)
-            spread = math.sqrt(sum((f - mean) ** 2 for f in fds) / (len(fds) - 1))
-            rows.append({"library": lib, "sampler": name, "budget": budget, "nfe": max(nfes), "fd_mean": mean,
-                         "fd_std": spread, "fds": fds, "seconds": sum(seconds) / len(seconds)})
-    columns = [common.Column("library", "library"), common.Column("sampler", "sampler"),
-               common.Column("nfe", "NFE (counted)"), common.Column("fd_mean", "FD mean", "{:.2f}"),
-               common.Column("fd_std", "FD std over seeds", "{:.2f}"),
-               common.Column("seconds", f"s per {args.samples} samples", "{:.2f}")]
-    info = common.machine_info(torch.device("cpu"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": args.checkpoint, "machine": info, "samples": args.samples, "seeds": args.seeds,
-              "data_floor_fd": floor, "k_diffusion": k is not None, "rows": rows}
-    (out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = "\n\n".join([
-        "# Quality per score evaluation", common.describe_machine(info),
-        f"Checkpoint `{args.checkpoint}`; {args.seeds} seeds x {args.samples} samples per row; FD of real "
-        f"against real data (the floor): {floor:.2f}." + ("" if k is not None else " k-diffusion is not installed."),
-        common.markdown_table(rows, columns)])
-    (out / "quality.md").write_text(text + "\n")
-    print(text)
-    return rows
+    denoiser = samplers.score_to_denoiser(score, sde)
+    priors: dict[int, torch.Tensor] = {}
+    if todo:
+        warm_up(model, prior_sample(sde.marginal_prob_std, args.samples, shape, seed=FIRST_SEED, device=device))
+    for spec, seed in tqdm(todo, desc="bench_quality", unit="run", file=sys.stdout):
+        if seed not in priors:
+            priors[seed] = prior_sample(sde.marginal_prob_std, args.samples, shape, seed=FIRST_SEED + seed,
+                                        device=device)
+        x = priors[seed].clone()  # a sampler must not see another's in-place changes
+        calls[0] = 0
+        common.synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            samples_ = sample(spec, score, denoiser, x, sde, seed, k_sampling)
+        common.synchronize(device)
+        seconds = time.perf_counter() - start
+        fd = reference.measure(samples_.float().cpu())["frechet_distance"]
+        cache[keys[spec, seed]] = {"fd": fd, "nfe": calls[0], "seconds": seconds}
+        text = json.dumps(cache, indent=0, sort_keys=True) + "\n"
+        atomic_write(cache_path, lambda tmp, text=text: tmp.write_text(text))
+
+    rows = [summarise(spec, [cache[keys[spec, seed]] for seed in range(args.seeds)], args.samples)
+            for spec in specs]
+    best = headline(rows, libraries)
+    info["load_average_end"] = common.load_average()
+    result = {"benchmark": "quality", "quick": args.quick, "checkpoint": str(checkpoint), "machine": info,
+              "settings": {"samples": args.samples, "seeds": args.seeds, "samplers": args.samplers,
+                           "nfe": list(args.nfe) if args.nfe else None, "first_seed": FIRST_SEED},
+              "code": code, "data_floor_fd": floor, "libraries": libraries, "notes": notes, "rows": rows,
+              "headline": [{"nfe_limit": e["nfe_limit"], "verdict": e["verdict"],
+                            **{lib: e[lib] and {k: e[lib][k] for k in ("sampler", "options", "nfe", "fd_mean",
+                                                                       "fd_std", "seconds_per_512")}
+                               for lib in libraries}} for e in best]}
+    atomic_write(out / "quality.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+
+    peer_lines = [f"k-diffusion {peers.version('k-diffusion')} (sampling.py) ran"] if k_sampling else []
+    peer_lines += notes
+    quick_warning = ["**--quick: a smoke run at fewer samples and seeds; its numbers are not for comparison.**"]
+    text = "\n\n".join(
+        ["# Sample quality per score evaluation"] + (quick_warning if args.quick else []) + [
+            common.describe_machine(info),
+            f"Model `{checkpoint}` ({config['dataset']}); {args.seeds} seeds x {args.samples} samples per row, every "
+            f"run of a seed from the same prior noise. FD in the features of the {config['dataset']} classifier; "
+            f"**data floor** (real against real, {args.samples} images): **{floor:.2f}**. NFE is counted; seconds "
+            f"are the median over seeds of the same runs.",
+            "Peers: " + "; ".join(peer_lines) + ".",
+            "Best sampler of each library within an NFE limit. A verdict names a winner only where the means "
+            "differ by more than the larger of the two standard deviations over seeds.",
+            headline_markdown(best, libraries),
+            "Every run:",
+            common.markdown_table(rows, ROW_COLUMNS)])
+    atomic_write(out / "quality.md", lambda tmp: tmp.write_text(text + "\n"))
+
+    figures = Path(args.figures_dir) if args.figures_dir else out
+    figures.mkdir(parents=True, exist_ok=True)
+    title = (f"{config['dataset']} model, {args.seeds} seeds x {args.samples} samples"
+             + (" (--quick: not for comparison)" if args.quick else "") + f"; {info['device_name']}")
+    plot(rows, "nfe", "score evaluations (NFE, counted)", figures / "fd_vs_nfe.png", title, floor)
+    plot(rows, "seconds_per_512", "seconds per 512 samples", figures / "fd_vs_seconds.png", title, floor)
+    print(text, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_rows_hold_scoreops_times_and_k_diffusion_where_it_has_the_sampler(tmp_p
     assert result["settings"]["backends"] == ["cpu"] and result["settings"]["steps"] == bench_overhead.STEPS
     for row, row_cells in zip(rows, cells):
         _check_row(row, row_cells)
-    k_sampling, why = bench_overhead._k_diffusion_sampling()
+    k_sampling, why = bench_overhead.peers.k_diffusion_sampling()
     if k_sampling is None:
         pytest.skip(f"the k-diffusion columns need it: {why}")
     with_k, without_k = rows
@@ -87,7 +87,7 @@ def test_rows_hold_scoreops_times_and_k_diffusion_where_it_has_the_sampler(tmp_p
 
 
 def test_without_k_diffusion_scoreops_runs_alone(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench_overhead, "_k_diffusion_sampling", lambda: (None, "k-diffusion is not installed"))
+    monkeypatch.setattr(bench_overhead.peers, "k_diffusion_sampling", lambda: (None, "k-diffusion is not installed"))
     result, cells = _run(tmp_path)
     assert "k-diffusion skipped: k-diffusion is not installed" in capsys.readouterr().out
     assert result["settings"]["k_diffusion"] is None
