@@ -78,8 +78,9 @@ def test_matches_k_diffusion_on_the_same_denoiser_noise_and_grid(name, steps, se
     want = getattr(k, fn)(MIXTURE_DENOISER, x, sigmas, disable=True, **theirs_kw)
     got = getattr(sigma_space, fn)(MIXTURE_DENOISER, x, sigmas, seed=stream_seed, **ours_kw)
     # The two round in different orders in float32, and a sample near the boundary between the
-    # modes amplifies that over the steps; a wrong coefficient moves samples by 1e-2 or more.
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    # modes amplifies that over the steps (up to ~3e-5 of max |x| seen here, on one CPU); a wrong
+    # coefficient moves samples by 1e-2 of it or more.
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
 def test_unchurned_heun_and_euler_are_deterministic_and_churn_moves_them(seed):
