@@ -163,7 +163,7 @@ def test_unipc_matches_a_float64_reference(order, variant, denoise, seed):
     x = start(sigmas)
     want = unipc_reference(MIXTURE_DENOISER, x, sigmas, order, variant)
     got = sigma_space.sample_unipc(MIXTURE_DENOISER, x, sigmas, order=order, variant=variant)
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("denoise", [True, False])
@@ -172,7 +172,7 @@ def test_ipndm_matches_a_float64_reference(denoise, seed):
     x = start(sigmas)
     want = ipndm_reference(MIXTURE_DENOISER, x, sigmas)
     got = sigma_space.sample_ipndm(MIXTURE_DENOISER, x, sigmas)
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
 # --------------------------------------------------------------------------- order of convergence
