@@ -193,22 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def main(argv: list[str] | None = None) -> tuple:
     """Run the overhead benchmark from command-line arguments; returns the (JSON, markdown) paths written."""
     args = build_parser().parse_args(argv)
     device, timing = common.prepare(args)
     default_shapes = QUICK_SHAPES if args.quick else CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
-    shapes = [common.parse_shape(s) for s in _split(args.shapes or default_shapes)]
-    names = _split(args.samplers)
+    shapes = [common.parse_shape(s) for s in common.split_list(args.shapes or default_shapes)]
+    names = common.split_list(args.samplers)
     unknown = sorted(set(names) - set(FEW_STEP_SAMPLERS))
     if unknown or not names:
         raise ValueError(f"--samplers: unknown or no samplers {unknown}; choose from {list(FEW_STEP_SAMPLERS)}")
     # A clear error now, naming the device's backends, rather than after minutes of timing.
-    backends = list(dict.fromkeys(ops.resolve_backend(b, device) for b in _split(args.backend)))
+    backends = list(dict.fromkeys(ops.resolve_backend(b, device) for b in common.split_list(args.backend)))
     if not backends:
         raise ValueError(f"--backend: no backend given; available for {device.type}: {ops.available_backends(device)}")
     k_sampling, k_missing = peers.k_diffusion_sampling()

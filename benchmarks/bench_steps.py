@@ -305,21 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def main(argv: list[str] | None = None) -> tuple:
     """Run the step benchmark from command-line arguments; returns the (JSON, markdown) paths written."""
     args = build_parser().parse_args(argv)
     device, timing = common.prepare(args)
     default_sizes = QUICK_SIZES if args.quick else CUDA_SIZES if device.type == "cuda" else CPU_SIZES
-    shapes = [common.parse_shape(s) for s in _split(args.sizes or default_sizes)]
-    names = _split(args.ops)
+    shapes = [common.parse_shape(s) for s in common.split_list(args.sizes or default_sizes)]
+    names = common.split_list(args.ops)
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         raise ValueError(f"--ops: unknown updates {unknown}; choose from {list(CASES)}")
-    backends = _split(args.backends) if args.backends else fused_backends(device)
+    backends = common.split_list(args.backends) if args.backends else fused_backends(device)
     if not backends:
         raise RuntimeError(f"no scoreops kernel backend is built for {device.type} (is scoreops._C built?); "
                            "pass --backends torch to time the reference alone")

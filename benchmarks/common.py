@@ -425,6 +425,11 @@ def reliability_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- sizes
+def split_list(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma list: ``"a, b,"`` -> ``["a", "b"]``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """A size from the command line: a shape ``64x1x28x28`` or an element count ``2^24`` / ``4096``.
 

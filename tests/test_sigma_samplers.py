@@ -288,11 +288,26 @@ def test_karras_and_log_sigma_grids_follow_their_formulas():
 
 
 def test_time_of_sigma_by_bisection_matches_the_closed_form(seed):
-    """A user's own marginal_prob_std (no closed-form inverse known) is inverted numerically."""
-    user = Schedule(lambda t: torch.sqrt((25.0 ** (2 * t) - 1) / 2 / math.log(25.0)), None)
-    assert user._time_of_std is None and SCHEDULE._time_of_std is not None
-    sigma = torch.rand(50, dtype=torch.float64) * 9.8 + 0.01
-    torch.testing.assert_close(user.time_of_std(sigma), SDE.time_of_std(sigma), rtol=1e-12, atol=1e-12)
+    """A std outside the VE family is inverted by bisection: std(t) = 0.02 + 9.8 t**2."""
+    user = Schedule(lambda t: 0.02 + 9.8 * torch.as_tensor(t) ** 2, None)
+    assert user._time_of_std is None
+    sigma = torch.rand(50, dtype=torch.float64) * 9.7 + 0.03
+    torch.testing.assert_close(user.time_of_std(sigma), ((sigma - 0.02) / 9.8).sqrt(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma_param", [25.0, 3.7])
+def test_the_tutorials_own_std_gets_the_closed_form_inverse(sigma_param, seed):
+    """The tutorial's marginal_prob_std is recognised as a VE std with its sigma, so the
+    few-step samplers convert sigma to t without bisecting at every score evaluation."""
+    def tutorial_std(t):
+        t = torch.tensor(t)
+        return torch.sqrt((sigma_param ** (2 * t) - 1.0) / 2.0 / math.log(sigma_param))
+
+    user = Schedule(tutorial_std, None)
+    assert user._time_of_std is not None
+    sigma = torch.rand(50, dtype=torch.float64) * float(tutorial_std(torch.tensor(1.0)))
+    torch.testing.assert_close(user.time_of_std(sigma), VESDE(sigma_param).time_of_std(sigma), rtol=1e-9,
+                               atol=1e-12)
     t = torch.rand(50, dtype=torch.float64)
     torch.testing.assert_close(SDE.time_of_std(SDE.marginal_prob_std(t)), t, rtol=1e-10, atol=1e-12)
 

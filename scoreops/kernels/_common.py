@@ -159,6 +159,17 @@ def check_index_range(name: str, count: int) -> None:
         raise ValueError(f"{name} is too large for one Triton launch: {count} > {MAX_INDEX}")
 
 
+def sample_groups(x: torch.Tensor) -> tuple[int, int, int]:
+    """Of a non-empty (B, ...) x: the elements per sample, its groups of 4 (one Philox call each),
+    and the (sample, group) pairs a kernel covers; checked against the index range."""
+    numel = x.numel() // x.shape[0]
+    groups = triton.cdiv(numel, 4)
+    pairs = x.shape[0] * groups
+    check_index_range("elements per sample", numel)
+    check_index_range("batch * ceil(numel / 4)", pairs)
+    return numel, groups, pairs
+
+
 def block_size(count: int, max_block: int) -> int:
     """A power-of-two block no larger than needed for ``count`` items (small launches waste no lanes)."""
     return min(max_block, triton.next_power_of_2(max(count, 1)))

@@ -10,8 +10,8 @@ import triton
 import triton.language as tl
 from scoreops.core.checks import COEF_LAYOUTS, check_batched, check_float, coef_layout
 
-from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, check_index_range,
-                      check_no_partial_overlap, mul, round_to, triton_op, wrap_triton)
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device,
+                      check_no_partial_overlap, mul, round_to, sample_groups, triton_op, wrap_triton)
 from .philox import stream_normals
 
 
@@ -77,12 +77,7 @@ def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_nois
     modes = [_coef_mode(name, coef, x) for name, coef in (("a", a), ("b", b), ("c", c))]
     if x.numel() == 0:
         return
-    batch = x.shape[0]
-    numel = x.numel() // batch
-    groups = triton.cdiv(numel, 4)
-    pairs = batch * groups
-    check_index_range("elements per sample", numel)
-    check_index_range("batch * ceil(numel / 4)", pairs)
+    numel, groups, pairs = sample_groups(x)
     block = block_size(pairs, BLOCK_PAIRS)
     wrap_triton(sde_step_kernel)[(triton.cdiv(pairs, block),)](
         out, x.contiguous(), s.contiguous(), a.contiguous(), b.contiguous(), c.contiguous(), seed, step,

@@ -14,8 +14,8 @@ import triton.language as tl
 
 from scoreops.core.checks import MAX_TERMS, check_batched, check_float
 
-from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, check_index_range, mul,
-                      round_to, triton_op, wrap_triton)
+from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, mul, round_to,
+                      sample_groups, triton_op, wrap_triton)
 from .philox import stream_normals
 
 
@@ -99,12 +99,7 @@ def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
-    batch = x.shape[0]
-    numel = x.numel() // batch
-    groups = triton.cdiv(numel, 4)
-    pairs = batch * groups
-    check_index_range("elements per sample", numel)
-    check_index_range("batch * ceil(numel / 4)", pairs)
+    numel, groups, pairs = sample_groups(x)
     x = x.contiguous()
     # Unused slots point at x; the kernel never reads them.
     t_args = [t.contiguous() for t in terms] + [x] * (MAX_TERMS - len(terms))

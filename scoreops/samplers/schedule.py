@@ -34,7 +34,7 @@ class Schedule:
             if not (callable(fn) or (name == "diffusion_coeff" and fn is None)):
                 raise TypeError(f"{name} must be a VESDE or a function of t, got {type(fn).__name__}")
         self._std, self._g, self._dg_dt = marginal_prob_std, diffusion_coeff, None
-        self._time_of_std = _closed_form_inverse(marginal_prob_std)
+        self._time_of_std = _closed_form_inverse(marginal_prob_std) or self._ve_inverse()
 
     @staticmethod
     def _eval(name: str, fn, t: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,27 @@ class Schedule:
             raise ValueError("this sampler needs diffusion_coeff (or a VESDE as marginal_prob_std)")
         return self._eval("diffusion_coeff", self._g, t)
 
+    def _ve_inverse(self):
+        """The VE family's closed-form inverse when ``std`` is one of its members, as the tutorial's
+        own ``marginal_prob_std`` is: sigma solved from std(1), the rest of the curve checked to
+        1e-10. Else None, and :meth:`time_of_std` bisects (60 calls of std per conversion)."""
+        t = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.01], dtype=torch.float64)
+        try:
+            std = self.std(t)
+        except (ValueError, TypeError):
+            return None
+        target = float(std[0]) ** 2  # (S**2 - 1) / (2 ln S), increasing in ln S > 0 from 1
+        if not 1.0 < target < 1e30:
+            return None
+        lo, hi = 1e-9, 70.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if math.expm1(2 * mid) / (2 * mid) < target else (lo, mid)
+        sigma = math.exp(0.5 * (lo + hi))
+        if not torch.allclose(_sde.marginal_prob_std(t, sigma), std, rtol=1e-10, atol=0.0):
+            return None
+        return functools.partial(_sde.time_of_std, sigma=sigma)
+
     def std_at(self, t: torch.Tensor) -> torch.Tensor:
         """std(t) computed on t's device, as float32 of t's shape (no host round trip)."""
         return torch.as_tensor(self._std(t), device=t.device).to(torch.float32).reshape(t.shape)
@@ -75,9 +96,10 @@ class Schedule:
     def time_of_std(self, sigma: torch.Tensor) -> torch.Tensor:
         """t with ``std(t) = sigma``, on sigma's device and in its dtype.
 
-        Closed form for a VESDE and for :func:`scoreops.sde.marginal_prob_std` (also through
-        ``functools.partial``); for any other function, bisection on [0, 1] on sigma's device in
-        float64 (60 halvings: to float64 resolution), which assumes std increases in t.
+        Closed form for a VESDE, for :func:`scoreops.sde.marginal_prob_std` (also through
+        ``functools.partial``) and for any function that computes the VE std (the tutorial's);
+        for any other function, bisection on [0, 1] on sigma's device in float64 (60 halvings:
+        to float64 resolution), which assumes std increases in t.
         """
         if self._time_of_std is not None:
             return self._time_of_std(sigma).to(sigma.dtype)

@@ -68,6 +68,8 @@ class _Run:
             raise TypeError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
         self.sigmas = check_sigmas(sigmas)
         self.n = len(self.sigmas) - 1
+        # Host booleans, so that the loops branch without touching a tensor per step.
+        self.to_zero = [s == 0 for s in self.sigmas[1:].tolist()]
         self.sample_offset = check_int("sample_offset", sample_offset, 0)
         check_sample_range(self.sample_offset, x.shape[0])
         self.device, self.batch = x.device, x.shape[0]
@@ -111,8 +113,7 @@ class _Run:
         return x
 
 
-def _churned(run: _Run, x: torch.Tensor, i: int, hats: torch.Tensor, lift: list[float],
-             lift_rows: torch.Tensor) -> torch.Tensor:
+def _churned(run: _Run, x: torch.Tensor, i: int, lift: list[float], lift_rows: torch.Tensor) -> torch.Tensor:
     """EDM's churn: x lifted to sigma_hat_i by noise of std lift[i] (nothing where it is 0)."""
     return run.update(i, x, [], lift_rows[i], True) if lift[i] > 0 else x
 
@@ -150,9 +151,9 @@ def sample_euler(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("
     coefs, _ = run.table(U.euler(hats, run.sigmas[1:]))
     hat_in = run.sigma_rows(hats)
     for i in run.range():
-        x = _churned(run, x, i, hats, lift, lift_rows)
+        x = _churned(run, x, i, lift, lift_rows)
         d = run.denoise(x, hat_in[i])
-        x = d if run.sigmas[i + 1] == 0 else run.update(i, x, [d], coefs[i], False)
+        x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], False)
     return run.finish(x)
 
 
@@ -169,9 +170,9 @@ def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("i
     (first, _), (second, _) = run.table(first), run.table(second)
     hat_in, next_in = run.sigma_rows(hats), run.sigma_rows(run.sigmas[1:])
     for i in run.range():
-        x = _churned(run, x, i, hats, lift, lift_rows)
+        x = _churned(run, x, i, lift, lift_rows)
         d = run.denoise(x, hat_in[i])
-        if run.sigmas[i + 1] == 0:
+        if run.to_zero[i]:
             x = d
             continue
         d_tilde = run.denoise(run.update(i, x, [d], first[i], False), next_in[i])
@@ -193,7 +194,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, seed=No
     sig_in = run.sigma_rows(run.sigmas[:-1])
     for i in run.range():
         d = run.denoise(x, sig_in[i])
-        x = d if run.sigmas[i + 1] == 0 else run.update(i, x, [d], coefs[i], noisy[i])
+        x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], noisy[i])
     return run.finish(x)
 
 
@@ -205,7 +206,7 @@ def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int) ->
     ds: list[torch.Tensor] = []
     for i in run.range():
         ds = [run.denoise(x, sig_in[i])] + ds[:history]
-        if run.sigmas[i + 1] == 0:
+        if run.to_zero[i]:
             x = ds[0]
             continue
         x = run.update(i, x, ds + [ds[0]] * (history + 1 - len(ds)), coefs[i], noisy[i])
@@ -273,7 +274,7 @@ def sample_ipndm(denoiser, x, sigmas, *, seed=None, sample_offset=0, backend="au
     past: list[torch.Tensor] = []  # x_{i-1}, D_{i-1}, x_{i-2}, D_{i-2}, x_{i-3}, D_{i-3}
     for i in run.range():
         d = run.denoise(x, sig_in[i])
-        if run.sigmas[i + 1] == 0:
+        if run.to_zero[i]:
             x = d
             continue
         x_new = run.update(i, x, [d] + past + [d] * (6 - len(past)), coefs[i], False)
@@ -315,7 +316,7 @@ def sample_unipc(denoiser, x, sigmas, *, order=3, variant="bh2", lower_order_fin
         ds = [run.denoise(x_pred, sig_in[i])] + ds[:3]  # D_i, D_{i-1}, D_{i-2}, D_{i-3}
         if i > 0:  # UniC of step i - 1: x_{i-1} -> x_i with the new D_i
             x = run.update(i - 1, x, ds + [ds[0]] * (4 - len(ds)), corr[i - 1], False)
-        if run.sigmas[i + 1] == 0:
+        if run.to_zero[i]:
             return run.finish(ds[0])
         x_pred = run.update(i, x, (ds + [ds[0]] * 2)[:3], pred[i], False)
     return run.finish(x_pred)
