@@ -18,6 +18,8 @@ RUNS = {
     "milstein": samplers.milstein_sample,
     "pc": samplers.pc_sample,
     "pc-sampled": lambda *a, **k: samplers.pc_sample(*a, noise_norm="sampled", corrector_steps=2, **k),
+    **{name: wrapper for name, (wrapper, _) in samplers.FEW_STEP_SAMPLERS.items()},
+    "heun-churn": lambda *a, **k: samplers.heun_sample(*a, s_churn=1.0, **k),
 }
 
 
@@ -90,7 +92,7 @@ from scoreops.sde import VESDE
 def score(x, t):
     return -x / (1 + t[:, None] ** 2)
 
-for run in (samplers.em_sample, samplers.pc_sample):
+for run in (samplers.em_sample, samplers.pc_sample, samplers.dpmpp_3m_sde_sample, samplers.unipc_sample):
     kw = dict(shape=(2,), seed={seed}, device="cuda", backend="triton")
     graphed = run(score, VESDE(25.0), None, 257, 50, cuda_graph=True, **kw)
     torch.testing.assert_close(graphed, run(score, VESDE(25.0), None, 257, 50, cuda_graph=False, **kw))

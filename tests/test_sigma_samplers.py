@@ -4,6 +4,7 @@ order of convergence on a Gaussian, whose probability-flow ODE is solved in clos
 mixture they must reproduce; the schedules, adapters and bad arguments."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -14,10 +15,10 @@ from peers import k_diffusion_sampling
 
 import scoreops
 from scoreops import ops
-from scoreops.samplers import FEW_STEP_SAMPLERS, sigma_space
+from scoreops.samplers import FEW_STEP_SAMPLERS, cuda_graph, sigma_space
 from scoreops.samplers.denoiser import denoiser_to_score, score_to_denoiser
 from scoreops.samplers.schedule import Schedule
-from scoreops.sde import VESDE
+from scoreops.sde import VESDE, marginal_prob_std
 
 SDE = VESDE(25.0)
 MIXTURE = GaussianMixture2D(sigma=SDE.sigma)
@@ -346,6 +347,106 @@ def test_denoise_is_tweedie_at_the_last_level(seed):
     torch.testing.assert_close(got, den(before, torch.full((16,), float(sigmas[-2]))))
 
 
+# --------------------------------------------------------------------------- CUDA-graph replay
+class WalkOnCPU(cuda_graph.GraphedWalk):
+    """GraphedWalk whose capture keeps the walk and whose replay walks again: the cache key and the
+    copy of a new call's x and tables into the captured run's are tested without a GPU. A table
+    missing from a run's buffers, or a host value missing from the key, replays the first call's."""
+
+    captures = 0
+
+    def _capture(self, walk):
+        type(self).captures += 1
+        self.walk = walk
+
+    def _replay(self):
+        self.x_out = self.walk(self.x_in)
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    monkeypatch.setattr(cuda_graph, "GraphedWalk", WalkOnCPU)
+    monkeypatch.setattr(cuda_graph, "use_graph", lambda cuda_graph, *args: cuda_graph is not False)
+    WalkOnCPU.captures = 0
+    yield
+    cuda_graph.clear_graph_cache()
+
+
+REPLAY_OPTIONS = {"heun": {"s_churn": 2.0}, "euler": {"s_churn": 1.0}, "dpmpp_2m_sde": {"eta": 0.7}}
+
+
+@pytest.mark.parametrize("name", list(FEW_STEP_SAMPLERS))
+def test_a_replayed_graph_reads_the_new_calls_x_seed_and_grid(name, graphs_on_cpu, seed):
+    core, kw = FEW_STEP_SAMPLERS[name][1], REPLAY_OPTIONS.get(name, {})
+    denoiser = score_to_denoiser(GaussianMixture2D(sigma=SDE.sigma), SDE)
+    grid, other = karras(6), scoreops.sigma_grid(SDE, 6, schedule="log_sigma")  # same length, other levels
+    first_seed = torch.tensor([seed & 0xFFFF])
+    with torch.no_grad():
+        core(denoiser, start(grid, 33), grid, seed=first_seed, cuda_graph=True, **kw)
+        x = start(other, 33)
+        replayed = core(denoiser, x, other, seed=seed + 1, cuda_graph=True, **kw)
+        plain = core(denoiser, x, other, seed=seed + 1, cuda_graph=False, **kw)
+    assert WalkOnCPU.captures == 1
+    torch.testing.assert_close(replayed, plain, rtol=0, atol=0)  # the same ops on the same values
+    assert int(first_seed) == seed & 0xFFFF, "a replay wrote into the caller's seed tensor"
+
+
+def test_a_new_grid_length_or_noise_pattern_captures_anew(graphs_on_cpu, seed):
+    denoiser = score_to_denoiser(GaussianMixture2D(sigma=SDE.sigma), SDE)
+    grid = karras(6)
+    x = start(grid, 9)
+
+    def euler(sigmas, **kw):
+        with torch.no_grad():
+            return sigma_space.sample_euler(denoiser, x, sigmas, seed=seed, cuda_graph=True, **kw)
+
+    euler(grid)
+    euler(grid)
+    assert WalkOnCPU.captures == 1
+    euler(karras(7))
+    assert WalkOnCPU.captures == 2
+    # Churn only below sigma_3: which steps draw noise is host control flow, so a new graph.
+    churned = euler(grid, s_churn=1.0, s_tmax=float(grid[3]))
+    assert WalkOnCPU.captures == 3
+    with torch.no_grad():
+        plain = sigma_space.sample_euler(denoiser, x, grid, seed=seed, cuda_graph=False, s_churn=1.0,
+                                         s_tmax=float(grid[3]))
+    torch.testing.assert_close(churned, plain, rtol=0, atol=0)
+
+
+def test_wrappers_replay_across_equal_closed_form_stds_and_recapture_for_a_new_bisected_one(graphs_on_cpu, seed):
+    model = GaussianMixture2D(sigma=25.0)
+
+    def heun(std, s):
+        return scoreops.heun_sample(model, std, None, 17, 4, shape=(2,), seed=s)
+
+    heun(functools.partial(marginal_prob_std, sigma=25.0), seed)
+    heun(functools.partial(marginal_prob_std, sigma=25.0), seed + 1)
+    heun(VESDE(25.0), seed + 2)
+    assert WalkOnCPU.captures == 1, "the same closed-form t(sigma) must replay one graph"
+    heun(functools.partial(marginal_prob_std, sigma=20.0), seed)
+    assert WalkOnCPU.captures == 2
+    def bisected():  # not of the VE family: t(sigma) by bisection, which the graph bakes in
+        return lambda t: 10 * torch.as_tensor(t, dtype=torch.float64) ** 0.5 + 0.01
+
+    std = bisected()
+    heun(std, seed)
+    replayed = heun(std, seed + 3)
+    assert WalkOnCPU.captures == 3
+    torch.testing.assert_close(replayed, scoreops.heun_sample(model, std, None, 17, 4, shape=(2,), seed=seed + 3,
+                                                             cuda_graph=False), rtol=0, atol=0)
+    heun(bisected(), seed)
+    assert WalkOnCPU.captures == 4, "another function: the graph must not be replayed"
+
+
+def test_graphs_need_no_grad(graphs_on_cpu):
+    grid = karras(3)
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        sigma_space.sample_dpmpp_2m(MIXTURE_DENOISER, start(grid, 4), grid, cuda_graph=True)
+    sigma_space.sample_dpmpp_2m(MIXTURE_DENOISER, start(grid, 4), grid, cuda_graph="auto")
+    assert WalkOnCPU.captures == 0
+
+
 # --------------------------------------------------------------------------- bad arguments
 BAD = [
     ("sigmas not decreasing", {"sigmas": [9.0, 3.0, 3.0, 0.0]}, ValueError, "strictly decreasing"),
@@ -386,5 +487,7 @@ def test_wrapper_arguments_are_checked():
         scoreops.heun_sample(_elementwise_score, SDE, None, 2, 4, shape=(2,), schedule="cosine")
     with pytest.raises(ValueError, match="num_steps"):
         scoreops.heun_sample(_elementwise_score, SDE, None, 2, 0, shape=(2,))
-    with pytest.raises(ValueError, match="cuda_graph"):
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         scoreops.unipc_sample(_elementwise_score, SDE, None, 2, 4, shape=(2,), cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph must be"):
+        scoreops.unipc_sample(_elementwise_score, SDE, None, 2, 4, shape=(2,), cuda_graph="yes")

@@ -39,7 +39,42 @@ class GraphedLoop:
         return self.x_out.clone()
 
 
-# score model (or the object of a bound method) -> {loop and shape key: GraphedLoop, or None
+class GraphedWalk:
+    """A sigma-space sampler's loop captured as one CUDA graph.
+
+    ``walk(x)`` reads only x and the run's device tables (``buffers``), and branches only on host
+    values that the cache key holds; a replay copies a new x and new tables into the captured ones.
+    """
+
+    def __init__(self, walk, x: torch.Tensor, buffers: list[torch.Tensor]):
+        self.x_in, self.buffers = x.clone(), buffers
+        self._capture(walk)
+
+    def _capture(self, walk) -> None:
+        # The warm-up walks the whole grid once, so that every kernel variant the loop launches
+        # is compiled or loaded before capture, and checks the model's first output.
+        side = torch.cuda.Stream(device=self.x_in.device)
+        side.wait_stream(torch.cuda.current_stream(self.x_in.device))
+        with torch.cuda.stream(side):
+            walk(self.x_in)
+        torch.cuda.current_stream(self.x_in.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        capture = torch.cuda.Stream(device=self.x_in.device)
+        with torch.cuda.stream(capture), torch.cuda.graph(self.graph, stream=capture):
+            self.x_out = walk(self.x_in)
+
+    def _replay(self) -> None:
+        self.graph.replay()
+
+    def __call__(self, x: torch.Tensor, buffers: list[torch.Tensor]) -> torch.Tensor:
+        self.x_in.copy_(x)
+        for static, new in zip(self.buffers, buffers, strict=True):
+            static.copy_(new)
+        self._replay()
+        return self.x_out.clone()
+
+
+# score model (or the object of a bound method) -> {loop and shape key: captured graph, or None
 # where capture failed}. Weak keys, so a graph goes when its model does.
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -53,28 +88,43 @@ def clear_graph_cache() -> None:
     _GRAPHS.clear()
 
 
-def run_graphed(name: str, loop: Loop, score_model, x_T: torch.Tensor, plan: Plan, strict: bool):
-    """Replay the cached graph for this loop, capturing it on first use; None when capture fails
-    and not ``strict`` (the caller then runs the plain loop)."""
-    owner = getattr(score_model, "__self__", score_model)
+def cached_graph(name: str, model, key: tuple, capture, strict: bool):
+    """The graph cached for ``model`` under ``key``, captured by ``capture()`` on first use;
+    None when capture fails and not ``strict`` (the caller then runs the plain loop)."""
+    owner = getattr(model, "__self__", model)
     try:
         cache = _GRAPHS.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: capture without caching
         cache = {}
     # A module in train mode (dropout, batch norm) captures different kernels than in eval mode.
-    key = (loop.key, tuple(x_T.shape), x_T.dtype, x_T.device, getattr(score_model, "__func__", None),
-           getattr(owner, "training", None))
+    key = key + (getattr(model, "__func__", None), getattr(owner, "training", None))
     if key not in cache:
         try:
-            cache[key] = GraphedLoop(loop, score_model, x_T, plan)
+            cache[key] = capture()
         except RuntimeError as e:
             if strict or isinstance(e, torch.OutOfMemoryError):
                 raise
             warnings.warn(f"{name}: CUDA graph capture failed, running the plain loop instead "
-                          f"(pass cuda_graph=False to skip the attempt): {e}", RuntimeWarning, stacklevel=3)
+                          f"(pass cuda_graph=False to skip the attempt): {e}", RuntimeWarning, stacklevel=4)
             cache[key] = None
-    graphed = cache[key]
+    return cache[key]
+
+
+def run_graphed(name: str, loop: Loop, score_model, x_T: torch.Tensor, plan: Plan, strict: bool):
+    """Replay the cached graph for this loop, capturing it on first use; None when capture fails
+    and not ``strict`` (the caller then runs the plain loop)."""
+    key = (loop.key, tuple(x_T.shape), x_T.dtype, x_T.device)
+    graphed = cached_graph(name, score_model, key, lambda: GraphedLoop(loop, score_model, x_T, plan), strict)
     return None if graphed is None else graphed(x_T, plan)
+
+
+def run_graphed_walk(name: str, walk, model, key: tuple, x: torch.Tensor, buffers: list[torch.Tensor],
+                     strict: bool):
+    """Replay the cached graph of a sigma-space sampler's ``walk``, capturing it on first use;
+    None when capture fails and not ``strict``."""
+    key = (name, tuple(x.shape), x.dtype, x.device, tuple((tuple(b.shape), b.dtype) for b in buffers)) + key
+    graphed = cached_graph(name, model, key, lambda: GraphedWalk(walk, x, buffers), strict)
+    return None if graphed is None else graphed(x, buffers)
 
 
 def use_graph(cuda_graph, device: torch.device, backend: str, progress: bool) -> bool:

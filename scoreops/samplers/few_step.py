@@ -46,11 +46,6 @@ def sigma_grid(marginal_prob_std, num_steps: int = 20, eps: float = 1e-3, *, sch
 def _sample(core, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, schedule,
             sigmas, rho, denoise, shape, seed, x_T, sample_offset, backend, cuda_graph, progress, **options):
     """The wrappers' common body: grid, denoiser and starting sample, then the sigma-space sampler."""
-    if cuda_graph is True:
-        raise ValueError("cuda_graph=True: the sigma-space samplers do not capture CUDA graphs yet; "
-                         "pass cuda_graph='auto' or False")
-    if cuda_graph not in ("auto", False):
-        raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     denoise = check_bool("denoise", denoise)
     if sigmas is None:
         grid = sigma_grid(marginal_prob_std, num_steps, eps, schedule=schedule, rho=rho, denoise=denoise)
@@ -68,7 +63,7 @@ def _sample(core, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
     denoiser = score_to_denoiser(score_model, marginal_prob_std)
     with torch.no_grad():
         return core(denoiser, x_T.to(device), grid, seed=seed, sample_offset=sample_offset, backend=backend,
-                    progress=progress, **options)
+                    progress=progress, cuda_graph=cuda_graph, **options)
 
 
 def _wrapper(core, name: str, nfe: str):
@@ -95,7 +90,10 @@ def _wrapper(core, name: str, nfe: str):
         schedule, rho, denoise: the grid, see :func:`sigma_grid`. ``denoise=True`` ends with
             D(x, std(eps)) = x + std(eps)**2 s(x, eps), Tweedie's formula.
         sigmas: an explicit decreasing grid instead (a 0 is appended when ``denoise``).
-        cuda_graph: ``"auto"`` and False run the plain loop (no graph capture yet).
+        cuda_graph: True captures the whole loop, score model included, as one CUDA graph on
+            first use and replays it after; ``"auto"`` does so on CUDA with a graph-safe backend
+            (falling back to the plain loop if capture fails); see
+            :func:`scoreops.samplers.sigma_space.{core.__name__}`.
         **options: the sampler's own, see :func:`scoreops.samplers.sigma_space.{core.__name__}`.
     Returns:
         The samples, (B, *shape).

@@ -28,7 +28,7 @@ class Schedule:
                                  "or the two functions marginal_prob_std and diffusion_coeff")
             sde = marginal_prob_std
             self._std, self._g, self._dg_dt = sde.marginal_prob_std, sde.diffusion_coeff, sde.diffusion_coeff_dt
-            self._time_of_std = sde.time_of_std
+            self._time_of_std = functools.partial(_sde.time_of_std, sigma=sde.sigma)
             return
         for name, fn in (("marginal_prob_std", marginal_prob_std), ("diffusion_coeff", diffusion_coeff)):
             if not (callable(fn) or (name == "diffusion_coeff" and fn is None)):
@@ -88,6 +88,14 @@ class Schedule:
         if not torch.allclose(_sde.marginal_prob_std(t, sigma), std, rtol=1e-10, atol=0.0):
             return None
         return functools.partial(_sde.time_of_std, sigma=sigma)
+
+    @property
+    def graph_key(self) -> tuple:
+        """What a CUDA graph of :meth:`time_of_std` bakes in: the closed form's keywords, or the
+        std function itself (compared by identity) for bisection."""
+        if self._time_of_std is not None:
+            return ("closed form", tuple(sorted(self._time_of_std.keywords.items())))
+        return ("bisection", _Identity(self._std))
 
     def std_at(self, t: torch.Tensor) -> torch.Tensor:
         """std(t) computed on t's device, as float32 of t's shape (no host round trip)."""
@@ -161,6 +169,19 @@ class Schedule:
         # truncation and the roundoff of the precision diffusion_coeff computes in.
         h = torch.finfo(_precision(self._g(t[:1]) if raw is None else raw)).eps ** (1 / 3)
         return (self.g(t + h) - self.g(t - h)) / (2 * h)
+
+
+class _Identity:
+    """An object as a dict key compared by identity (a user's function may be unhashable)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 def _closed_form_inverse(marginal_prob_std):

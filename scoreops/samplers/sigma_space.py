@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..core import noise
 from ..core.checks import check_batched, check_choice, check_int, check_sample_range
+from . import cuda_graph as graphs
 from . import sigma_updates as U
+from .denoiser import ScoreDenoiser
 from .inputs import checked, seed_tensor
 from .loop import aligned_rows
 
@@ -53,9 +55,14 @@ def _check_nonneg(name: str, v) -> float:
 
 
 class _Run:
-    """One sampler call: the checked arguments, the device tables and the fused update."""
+    """One sampler call: the checked arguments, the device tables and the fused update.
 
-    def __init__(self, name, denoiser, x, sigmas, seed, sample_offset, backend, progress):
+    Every device tensor the loop reads is made here and kept in ``buffers``, and every host value
+    it branches on in ``control``, so that a captured CUDA graph of the loop can be replayed for
+    another call with the same control: its new tables are copied into the captured ones.
+    """
+
+    def __init__(self, name, denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph):
         self.name = name
         check_batched("x", x)
         if x.shape[0] == 0 or x.numel() == 0:
@@ -75,16 +82,28 @@ class _Run:
         self.device, self.batch = x.device, x.shape[0]
         self.impl = ops.resolve_backend(backend, x.device)
         self.op = ops.implementation("sigma_step", self.impl)
-        self.seed = seed_tensor(seed, x.device)
+        self.seed = seed_tensor(seed, x.device).clone()  # a graph replay writes into it
         self.steps = aligned_rows(torch.arange(self.n, dtype=torch.int64, device=x.device).reshape(-1, 1))
         self.progress = bool(progress)
+        self.graphed = graphs.use_graph(cuda_graph, x.device, self.impl, self.progress)
+        if cuda_graph is True and torch.is_grad_enabled():
+            raise ValueError("cuda_graph=True replays without autograd: call the sampler under torch.no_grad()")
+        self.graphed = self.graphed and not torch.is_grad_enabled()
+        self.strict = cuda_graph is True
+        self.buffers: list[torch.Tensor] = [self.seed, self.steps]
+        self.control: list = [tuple(self.to_zero), self.sample_offset]
         self._first = checked(denoiser, "denoiser")
         self._denoiser = denoiser
         self._calls = 0
 
+    def _keep(self, rows: torch.Tensor) -> torch.Tensor:
+        self.buffers.append(rows)
+        return rows
+
     def sigma_rows(self, values: torch.Tensor) -> torch.Tensor:
         """float64 (N,) noise levels as the denoiser's (N, B) float32 device inputs."""
-        return aligned_rows(values.to(device=self.device, dtype=torch.float32).reshape(-1, 1).repeat(1, self.batch))
+        return self._keep(aligned_rows(values.to(device=self.device, dtype=torch.float32).reshape(-1, 1)
+                                       .repeat(1, self.batch)))
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(x, sigma); the first call checks the output's shape, dtype and device."""
@@ -94,7 +113,9 @@ class _Run:
 
     def table(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
         """A float64 coefficient table as float32 device rows, and which rows add noise."""
-        return aligned_rows(rows.to(device=self.device, dtype=torch.float32)), (rows[:, -1] != 0).tolist()
+        noisy = (rows[:, -1] != 0).tolist()
+        self.control.append(tuple(noisy))
+        return self._keep(aligned_rows(rows.to(device=self.device, dtype=torch.float32))), noisy
 
     def update(self, i: int, x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor,
                noisy: bool) -> torch.Tensor:
@@ -104,8 +125,16 @@ class _Run:
     def range(self):
         return tqdm(range(self.n), desc=self.name, disable=not self.progress)
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """x, after one host sync that refuses NaN or Inf."""
+    def sample(self, walk, x: torch.Tensor) -> torch.Tensor:
+        """``walk(x)``, the loop over the grid, replayed from a cached CUDA graph where the run
+        allows one; then one host sync that refuses NaN or Inf."""
+        out = None
+        if self.graphed:
+            model, baked = ((self._denoiser.score_model, self._denoiser.schedule.graph_key)
+                            if isinstance(self._denoiser, ScoreDenoiser) else (self._denoiser, ()))
+            out = graphs.run_graphed_walk(self.name, walk, model, (self.impl, tuple(self.control), baked), x,
+                                          self.buffers, self.strict)
+        x = walk(x) if out is None else out
         if not torch.isfinite(x).all():
             raise RuntimeError(f"{self.name}: the samples contain NaN or Inf (does the denoiser return finite "
                                f"values at every sigma of the grid, from {float(self.sigmas[0]):.4g} down to "
@@ -113,9 +142,9 @@ class _Run:
         return x
 
 
-def _churned(run: _Run, x: torch.Tensor, i: int, lift: list[float], lift_rows: torch.Tensor) -> torch.Tensor:
-    """EDM's churn: x lifted to sigma_hat_i by noise of std lift[i] (nothing where it is 0)."""
-    return run.update(i, x, [], lift_rows[i], True) if lift[i] > 0 else x
+def _churned(run: _Run, x: torch.Tensor, i: int, lifted: list[bool], lift_rows: torch.Tensor) -> torch.Tensor:
+    """EDM's churn: x lifted to sigma_hat_i by noise of std lift_rows[i, 1] (nothing where not lifted)."""
+    return run.update(i, x, [], lift_rows[i], True) if lifted[i] else x
 
 
 def _churn_tables(run: _Run, s_churn, s_tmin, s_tmax, s_noise):
@@ -124,12 +153,12 @@ def _churn_tables(run: _Run, s_churn, s_tmin, s_tmax, s_noise):
     if isinstance(s_tmax, bool) or not isinstance(s_tmax, numbers.Real) or not s_tmax >= s_tmin:
         raise ValueError(f"s_tmax must be a float >= s_tmin = {s_tmin}, got {s_tmax!r}")
     hats, lift = U.churn(run.sigmas, s_churn, s_tmin, float(s_tmax), s_noise)
-    lift_rows = aligned_rows(torch.stack([torch.ones_like(lift), lift], 1).to(run.device, torch.float32))
-    return hats, lift.tolist(), lift_rows
+    lift_rows, lifted = run.table(torch.stack([torch.ones_like(lift), lift], 1))
+    return hats, lifted, lift_rows
 
 
 def sample_euler(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, seed=None,
-                 sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+                 sample_offset=0, backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """Euler's method on the probability-flow ODE in sigma: ``x' = rho x + (1 - rho) D(x, sigma)``,
     rho = sigma'/sigma; with ``s_churn > 0``, EDM's churn first lifts x to sigma_hat = sigma (1 + gamma).
 
@@ -143,59 +172,74 @@ def sample_euler(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("
         sample_offset: global index of sample 0 (sharded sampling).
         backend: op backend, see :mod:`scoreops.ops`.
         progress: show a tqdm bar over the steps.
+        cuda_graph: True captures the loop, denoiser included, as one CUDA graph on first use
+            and replays it after (a first call walks the grid twice: a warm-up, then the
+            capture); "auto" does so on CUDA with a graph-safe backend under ``torch.no_grad()``,
+            falling back to the plain loop if capture fails; False never captures. The graph is
+            cached on the denoiser (its score model, for :func:`score_to_denoiser`'s), the grid's
+            length and the sampler's options; a call with new sigmas, seed or x replays it.
     Returns:
         The sample at sigmas[-1], of x's shape and dtype. NFE: N = len(sigmas) - 1.
     """
-    run = _Run("sample_euler", denoiser, x, sigmas, seed, sample_offset, backend, progress)
-    hats, lift, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
+    run = _Run("sample_euler", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
+    hats, lifted, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
     coefs, _ = run.table(U.euler(hats, run.sigmas[1:]))
     hat_in = run.sigma_rows(hats)
-    for i in run.range():
-        x = _churned(run, x, i, lift, lift_rows)
-        d = run.denoise(x, hat_in[i])
-        x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], False)
-    return run.finish(x)
+
+    def walk(x):
+        for i in run.range():
+            x = _churned(run, x, i, lifted, lift_rows)
+            d = run.denoise(x, hat_in[i])
+            x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], False)
+        return x
+    return run.sample(walk, x)
 
 
 def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, seed=None,
-                sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+                sample_offset=0, backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """Heun's second-order method (EDM Alg. 2): an Euler step to x~, then the trapezoid of the
     slopes at x and x~; the step to sigma' = 0 is Euler's, which is the final denoise.
 
     Arguments as :func:`sample_euler`. NFE: 2N - 1 for N steps ending at 0, else 2N.
     """
-    run = _Run("sample_heun", denoiser, x, sigmas, seed, sample_offset, backend, progress)
-    hats, lift, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
+    run = _Run("sample_heun", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
+    hats, lifted, lift_rows = _churn_tables(run, s_churn, s_tmin, s_tmax, s_noise)
     first, second = U.heun(hats, run.sigmas[1:])
     (first, _), (second, _) = run.table(first), run.table(second)
     hat_in, next_in = run.sigma_rows(hats), run.sigma_rows(run.sigmas[1:])
-    for i in run.range():
-        x = _churned(run, x, i, lift, lift_rows)
-        d = run.denoise(x, hat_in[i])
-        if run.to_zero[i]:
-            x = d
-            continue
-        d_tilde = run.denoise(run.update(i, x, [d], first[i], False), next_in[i])
-        x = run.update(i, x, [d, d_tilde], second[i], False)
-    return run.finish(x)
+
+    def walk(x):
+        for i in run.range():
+            x = _churned(run, x, i, lifted, lift_rows)
+            d = run.denoise(x, hat_in[i])
+            if run.to_zero[i]:
+                x = d
+                continue
+            d_tilde = run.denoise(run.update(i, x, [d], first[i], False), next_in[i])
+            x = run.update(i, x, [d, d_tilde], second[i], False)
+        return x
+    return run.sample(walk, x)
 
 
 def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, seed=None, sample_offset=0,
-                           backend="auto", progress=False) -> torch.Tensor:
+                           backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """Euler ancestral: Euler to sigma_down, then fresh noise of std sigma_up (k-diffusion's
     ``get_ancestral_step``; eta = 1 is DDPM-like ancestral sampling, eta = 0 plain Euler).
 
     Args: ``eta`` >= 0 scales the noise, ``s_noise`` multiplies it; the others as :func:`sample_euler`.
     NFE: N.
     """
-    run = _Run("sample_euler_ancestral", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_euler_ancestral", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     coefs, noisy = run.table(U.euler_ancestral(run.sigmas, _check_nonneg("eta", eta),
                                                _check_nonneg("s_noise", s_noise)))
     sig_in = run.sigma_rows(run.sigmas[:-1])
-    for i in run.range():
-        d = run.denoise(x, sig_in[i])
-        x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], noisy[i])
-    return run.finish(x)
+
+    def walk(x):
+        for i in run.range():
+            d = run.denoise(x, sig_in[i])
+            x = d if run.to_zero[i] else run.update(i, x, [d], coefs[i], noisy[i])
+        return x
+    return run.sample(walk, x)
 
 
 def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int) -> torch.Tensor:
@@ -203,18 +247,21 @@ def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int) ->
     stands in, with coefficient 0, before they exist)."""
     coefs, noisy = run.table(table)
     sig_in = run.sigma_rows(run.sigmas[:-1])
-    ds: list[torch.Tensor] = []
-    for i in run.range():
-        ds = [run.denoise(x, sig_in[i])] + ds[:history]
-        if run.to_zero[i]:
-            x = ds[0]
-            continue
-        x = run.update(i, x, ds + [ds[0]] * (history + 1 - len(ds)), coefs[i], noisy[i])
-    return run.finish(x)
+
+    def walk(x):
+        ds: list[torch.Tensor] = []
+        for i in run.range():
+            ds = [run.denoise(x, sig_in[i])] + ds[:history]
+            if run.to_zero[i]:
+                x = ds[0]
+                continue
+            x = run.update(i, x, ds + [ds[0]] * (history + 1 - len(ds)), coefs[i], noisy[i])
+        return x
+    return run.sample(walk, x)
 
 
 def sample_dpmpp_2m(denoiser, x, sigmas, *, lower_order_final=True, seed=None, sample_offset=0, backend="auto",
-                    progress=False) -> torch.Tensor:
+                    progress=False, cuda_graph="auto") -> torch.Tensor:
     """DPM-Solver++(2M): the second-order multistep solver of the probability-flow ODE in
     lambda = -ln sigma, ``x' = rho x + (1 - rho) [(1 + 1/(2r)) D_i - D_{i-1}/(2r)]``, r = h_{i-1}/h.
 
@@ -223,14 +270,14 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, lower_order_final=True, seed=None, s
             first order (the official DPM-Solver's rule; k-diffusion lowers the order only at 0).
         Others as :func:`sample_euler`. NFE: N.
     """
-    run = _Run("sample_dpmpp_2m", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_dpmpp_2m", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     step_orders = U.orders(run.sigmas, 2, lower_order_final, 10, count_denoise=False)
     return _multistep(run, x, U.dpmpp_2m_sde(run.sigmas, 0.0, "midpoint", 0.0, step_orders), 1)
 
 
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_type="midpoint",
                         lower_order_final=True, seed=None, sample_offset=0, backend="auto",
-                        progress=False) -> torch.Tensor:
+                        progress=False, cuda_graph="auto") -> torch.Tensor:
     """DPM-Solver++(2M) SDE (k-diffusion's eta family; eta = 1 is diffusers' sde-dpmsolver++).
 
     Args:
@@ -241,7 +288,7 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_typ
         Others as :func:`sample_euler`. NFE: N.
     """
     check_choice("solver_type", solver_type, SOLVER_TYPES)
-    run = _Run("sample_dpmpp_2m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_dpmpp_2m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     step_orders = U.orders(run.sigmas, 2, lower_order_final, 10, count_denoise=False)
     table = U.dpmpp_2m_sde(run.sigmas, _check_nonneg("eta", eta), solver_type, _check_nonneg("s_noise", s_noise),
                            step_orders)
@@ -249,42 +296,45 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_typ
 
 
 def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, lower_order_final=True, seed=None,
-                        sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+                        sample_offset=0, backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """DPM-Solver++(3M) SDE: the third-order multistep solver, with noise as
     :func:`sample_dpmpp_2m_sde`; eta = 0 is DPM-Solver++(3M).
 
     Arguments as :func:`sample_dpmpp_2m_sde`; the warm-up steps are first and second order. NFE: N.
     """
-    run = _Run("sample_dpmpp_3m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_dpmpp_3m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     step_orders = U.orders(run.sigmas, 3, lower_order_final, 10, count_denoise=False)
     table = U.dpmpp_3m_sde(run.sigmas, _check_nonneg("eta", eta), _check_nonneg("s_noise", s_noise), step_orders)
     return _multistep(run, x, table, 2)
 
 
 def sample_ipndm(denoiser, x, sigmas, *, seed=None, sample_offset=0, backend="auto",
-                 progress=False) -> torch.Tensor:
+                 progress=False, cuda_graph="auto") -> torch.Tensor:
     """iPNDM: fourth-order Adams-Bashforth on the slopes d = (x - D)/sigma, with the uniform-step
     weights kept on any grid and a lower-order warm-up (zju-pi's fixed weights).
 
     Arguments as :func:`sample_euler`. NFE: N.
     """
-    run = _Run("sample_ipndm", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_ipndm", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     coefs, _ = run.table(U.ipndm(run.sigmas))
     sig_in = run.sigma_rows(run.sigmas[:-1])
-    past: list[torch.Tensor] = []  # x_{i-1}, D_{i-1}, x_{i-2}, D_{i-2}, x_{i-3}, D_{i-3}
-    for i in run.range():
-        d = run.denoise(x, sig_in[i])
-        if run.to_zero[i]:
-            x = d
-            continue
-        x_new = run.update(i, x, [d] + past + [d] * (6 - len(past)), coefs[i], False)
-        past = [x, d] + past[:4]
-        x = x_new
-    return run.finish(x)
+
+    def walk(x):
+        past: list[torch.Tensor] = []  # x_{i-1}, D_{i-1}, x_{i-2}, D_{i-2}, x_{i-3}, D_{i-3}
+        for i in run.range():
+            d = run.denoise(x, sig_in[i])
+            if run.to_zero[i]:
+                x = d
+                continue
+            x_new = run.update(i, x, [d] + past + [d] * (6 - len(past)), coefs[i], False)
+            past = [x, d] + past[:4]
+            x = x_new
+        return x
+    return run.sample(walk, x)
 
 
 def sample_unipc(denoiser, x, sigmas, *, order=3, variant="bh2", lower_order_final=True, seed=None,
-                 sample_offset=0, backend="auto", progress=False) -> torch.Tensor:
+                 sample_offset=0, backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """UniPC with data prediction: the predictor UniP-p, and after each model call the corrector
     UniC-p, which uses the new output D_{i+1} at no extra NFE.
 
@@ -303,20 +353,23 @@ def sample_unipc(denoiser, x, sigmas, *, order=3, variant="bh2", lower_order_fin
     if order > 3:
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     check_choice("variant", variant, U.UNIPC_VARIANTS)
-    run = _Run("sample_unipc", denoiser, x, sigmas, seed, sample_offset, backend, progress)
+    run = _Run("sample_unipc", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     step_orders = U.orders(run.sigmas, order, lower_order_final, None, count_denoise=True)
     if run.sigmas[-1] == 0 and step_orders[-1] != 1:
         raise ValueError("UniPC's step to sigma = 0 must be first order: pass lower_order_final=True")
     pred, corr = U.unipc(run.sigmas, step_orders, variant)
     (pred, _), (corr, _) = run.table(pred), run.table(corr)
     sig_in = run.sigma_rows(run.sigmas[:-1])
-    ds: list[torch.Tensor] = []
-    x_pred = x
-    for i in run.range():
-        ds = [run.denoise(x_pred, sig_in[i])] + ds[:3]  # D_i, D_{i-1}, D_{i-2}, D_{i-3}
-        if i > 0:  # UniC of step i - 1: x_{i-1} -> x_i with the new D_i
-            x = run.update(i - 1, x, ds + [ds[0]] * (4 - len(ds)), corr[i - 1], False)
-        if run.to_zero[i]:
-            return run.finish(ds[0])
-        x_pred = run.update(i, x, (ds + [ds[0]] * 2)[:3], pred[i], False)
-    return run.finish(x_pred)
+
+    def walk(x):
+        ds: list[torch.Tensor] = []
+        x_pred = x
+        for i in run.range():
+            ds = [run.denoise(x_pred, sig_in[i])] + ds[:3]  # D_i, D_{i-1}, D_{i-2}, D_{i-3}
+            if i > 0:  # UniC of step i - 1: x_{i-1} -> x_i with the new D_i
+                x = run.update(i - 1, x, ds + [ds[0]] * (4 - len(ds)), corr[i - 1], False)
+            if run.to_zero[i]:
+                return ds[0]
+            x_pred = run.update(i, x, (ds + [ds[0]] * 2)[:3], pred[i], False)
+        return x_pred
+    return run.sample(walk, x)
