@@ -88,22 +88,25 @@ def test_sample_writes_grid_and_the_samplers_tensor(tiny_run, tmp_path, capsys, 
     torch.testing.assert_close(samples, expected)
 
 
-@pytest.mark.parametrize("sampler,steps,nfe", [("heun", 4, 7), ("unipc", None, 20), ("dpmpp_2m_sde", 3, 3)])
+@pytest.mark.parametrize("sampler,steps,nfe", [("heun", 4, 7), ("unipc", None, 10), ("dpmpp_2m_sde", 3, 3),
+                                               (None, None, 10)])
 def test_sample_runs_the_few_step_samplers(tiny_run, tmp_path, capsys, seed, sampler, steps, nfe):
-    """The few-step samplers default to 20 steps; the recorded nfe is the model's counted calls."""
+    """The few-step samplers default to 10 steps, and the default sampler is DPM-Solver++(2M) SDE;
+    the recorded nfe is the model's counted calls."""
     seed &= 2**63 - 1
     out = tmp_path / "out"
-    chosen = ["--steps", steps] if steps else []
-    code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, "--sampler", sampler, *chosen, "--seed", seed,
-                          "--device", "cpu", "--out", out)
+    chosen = (["--steps", steps] if steps else []) + (["--sampler", sampler] if sampler else [])
+    code, stdout, _ = run(capsys, "sample", "--checkpoint", tiny_run, *chosen, "--seed", seed, "--device", "cpu",
+                          "--out", out)
     assert code == 0
-    label = f"{sampler}-{steps or 20}"
+    sampler = sampler or "dpmpp_2m_sde"
+    label = f"{sampler}-{steps or 10}"
     samples = load_file(out / f"samples-{label}.safetensors")["samples"]
     with safe_open(out / f"samples-{label}.safetensors", "pt") as f:
         assert int(f.metadata()["nfe"]) == nfe
     model, _ = load_model(tiny_run)
     wrapper = samplers.FEW_STEP_SAMPLERS[sampler][0]
-    expected = wrapper(model, VESDE(25.0), None, 64, steps or 20, shape=(1, 8, 8), seed=seed, device="cpu")
+    expected = wrapper(model, VESDE(25.0), None, 64, steps or 10, shape=(1, 8, 8), seed=seed, device="cpu")
     torch.testing.assert_close(samples, expected)
 
 
@@ -117,22 +120,25 @@ def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys, monkeypatch):
     save_figure = figures.save_figure
     monkeypatch.setattr(figures, "save_figure", spy)
     out = tmp_path / "cmp"
-    code, stdout, _ = run(capsys, "compare", "--checkpoint", tiny_run, "--steps", "3,5", "--ode-tols", "1e-2",
+    code, stdout, _ = run(capsys, "compare", "--checkpoint", tiny_run, "--steps", "3,5", "--few-steps", "2",
+                          "--ode-tols", "1e-2",
                           "--num-samples", 8, "--classifier-epochs", 1, "--classifier-cache", tmp_path / "cache",
                           "--device", "cpu", "--out", out)
     assert code == 0 and str(out) in stdout and "| sampler |" in stdout
     report = json.loads((out / "compare.json").read_text())
     labels = [(r["sampler"], r["steps"], r["tol"]) for r in report["rows"]]
     assert labels == [("data", None, None), ("pc", 3, None), ("pc", 5, None), ("em", 3, None), ("em", 5, None),
-                      ("ode", None, 0.01), ("milstein", 3, None), ("milstein", 5, None)]
+                      ("ode", None, 0.01), ("milstein", 3, None), ("milstein", 5, None)] + [
+                      (name, 2, None) for name in samplers.FEW_STEP_SAMPLERS]
     for row in report["rows"]:
         for key in ("diversity", "frechet_distance", "mean_confidence", "class_entropy_bits"):
             assert math.isfinite(row[key]), (row["sampler"], key)
         assert 1 <= row["classes_covered"] <= 10 and len(row["channel_means"]) == 1 and row["warm_cool"] is None
         if row["sampler"] != "data":
             # The ODE's nfe is the solver's count, checked against counted calls in test_compare.
+            per_step = 2 if row["sampler"] in ("pc", "heun") else 1
             assert row["nfe"] > 0 if row["sampler"] == "ode" else \
-                row["nfe"] == row["steps"] * (2 if row["sampler"] == "pc" else 1)
+                row["nfe"] == row["steps"] * per_step - (row["sampler"] == "heun")
             assert row["seconds"] > 0 and row["heldout_accuracy"] is None
     assert 0 < report["rows"][0]["heldout_accuracy"] <= 1
     assert (tmp_path / "cache" / "classifier-digits-1x8x8.safetensors").is_file()
@@ -198,15 +204,16 @@ def test_bench_options_need_a_named_benchmark(tmp_path, capsys):
 def test_demo_end_to_end_at_tiny_settings(tmp_path, capsys):
     out, docs = tmp_path / "demo", tmp_path / "docs"
     code, stdout, _ = run(capsys, "demo", "--train-steps", 2, "--steps", 3, "--milstein-steps", 3, "--tol", 1e-1,
-                          "--compare-steps", "2,3",
+                          "--few-steps", 2, "--compare-steps", "2,3", "--compare-few-steps", 1,
                           "--ode-tols", "1e-1", "--classifier-epochs", 1, "--classifier-cache", tmp_path / "cache",
                           "--device", "cpu", "--copy-figures", docs, "--out", out)
     assert code == 0 and str(out) in stdout
     assert (out / "train" / "checkpoints" / "step-00000002").is_dir()
-    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [
-        "samples-em-3.png", "samples-milstein-3.png", "samples-ode-0.1.png", "samples-pc-3.png"]
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == sorted(
+        ["samples-em-3.png", "samples-milstein-3.png", "samples-ode-0.1.png", "samples-pc-3.png"]
+        + [f"samples-{name}-2.png" for name in samplers.FEW_STEP_SAMPLERS])
     assert len(list((out / "figures").glob("fig*.png"))) == 5
-    assert len(json.loads((out / "compare" / "compare.json").read_text())["rows"]) == 1 + 3 * 2 + 1
+    assert len(json.loads((out / "compare" / "compare.json").read_text())["rows"]) == 1 + 3 * 2 + 1 + 8
     assert sorted(p.name for p in docs.iterdir()) == sorted(
         [p.name for p in (out / "figures").iterdir()] + ["compare.md"])
 

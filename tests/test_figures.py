@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from scoreops import samplers
 from scoreops.evaluation import figures
 from scoreops.evaluation.compare import SampleRun, draw_samples
 from scoreops.sde import VESDE, prior_sample
@@ -174,8 +175,8 @@ def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
 
     save_figure = figures.save_figure
     monkeypatch.setattr(figures, "save_figure", titled)
-    paths = figures.make_figures(score, SDE, torch.rand(5, 1, 4, 4), tmp_path, steps=3, milstein_steps=(3, 4),
-                                 tol=1e-2, seed=7, progress=False)
+    paths = figures.make_figures(score, SDE, torch.rand(5, 1, 4, 4), tmp_path, steps=3, few_steps=2,
+                                 milstein_steps=(3, 4), tol=1e-2, seed=7, progress=False)
     assert [p.name for p in paths] == ["fig1_forward_diffusion.png", "fig2_milstein_samples.png",
                                        "fig3_interpolation.png", "fig4_samplers.png"]
     for path in paths:
@@ -185,7 +186,9 @@ def test_make_figures_draws_what_the_paper_shows(tmp_path, monkeypatch):
     assert "ODE, tol 0.01, " in titles["fig3_interpolation.png"]
     assert calls[:2] == [("milstein", 64, 3, 7), ("milstein", 64, 4, 7)]
     assert calls[2][0] == "ode"  # from the slerp path (x_T), not from a seed
-    assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")]
+    assert [(c[0], c[1], c[3]) for c in calls[3:]] == [(name, 16, 7) for name in ("pc", "em", "ode", "milstein")
+                                                        + tuple(samplers.FEW_STEP_SAMPLERS)]
+    assert [c[2] for c in calls[7:]] == [2] * len(samplers.FEW_STEP_SAMPLERS)
 
 
 def test_bad_figure_input_gets_clear_errors(tmp_path):

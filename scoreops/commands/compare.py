@@ -11,7 +11,7 @@ from .outputs import output_folder
 from .runs import load_run
 
 
-def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, samplers, steps, ode_tols,
+def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, samplers, steps, few_steps, ode_tols,
                 num_samples: int, seed: int, device: torch.device, backend: str, classifier_cache: str | None,
                 classifier_epochs: int, checkpoint: str) -> Path:
     """Compare the samplers on ``model`` (see :mod:`scoreops.evaluation.compare`); writes ``compare.md``,
@@ -25,7 +25,8 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
     classifier = metrics.load_or_train_classifier(config["dataset"], images, labels, cache_dir=classifier_cache,
                                                   device=device, epochs=classifier_epochs)
     rows, runs = compare.compare_samplers(model, sde, compare.Reference.build(classifier, images),
-                                          sampler_names=samplers, steps=steps, ode_tols=ode_tols,
+                                          sampler_names=samplers, steps=steps, few_steps=few_steps,
+                                          ode_tols=ode_tols,
                                           num_samples=num_samples, seed=seed, device=device, backend=backend)
     grids = output_folder(out / "grids")
     for run in runs:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> Path:
     model, config, sde, _ = load_run(args.checkpoint, args.raw_weights, device)
     out = output_folder(args.out)
     run_compare(model, sde, config, out, data_dir=args.data_dir, samplers=args.samplers, steps=args.steps,
-                ode_tols=args.ode_tols, num_samples=args.num_samples, seed=args.seed, device=device,
+                few_steps=args.few_steps, ode_tols=args.ode_tols, num_samples=args.num_samples, seed=args.seed, device=device,
                 backend=args.backend, classifier_cache=args.classifier_cache,
                 classifier_epochs=args.classifier_epochs, checkpoint=str(args.checkpoint))
     return out

@@ -28,22 +28,25 @@ def run(args: argparse.Namespace) -> Path:
                                   out=str(run_dir), resume=True, seed=args.seed, device=str(device)))
     model, config, sde, shape = load_run(str(run_dir), False, device)
 
-    print("2/4 sampling with all four samplers", flush=True)
+    print("2/4 sampling with the paper's four samplers and the few-step samplers", flush=True)
     samples_dir = output_folder(out / "samples")
-    for name in compare.SAMPLERS:
-        drawn = compare.draw_samples(name, model, sde, shape, num_samples=64, steps=args.steps, tol=args.tol,
+    for name in compare.ALL_SAMPLERS:
+        steps = args.few_steps if name in compare.samplers.FEW_STEP_SAMPLERS else args.steps
+        drawn = compare.draw_samples(name, model, sde, shape, num_samples=64, steps=steps, tol=args.tol,
                                      seed=args.seed, device=device, backend=args.backend, progress=True)
         write_samples(drawn, samples_dir, {"checkpoint": shown_run, "seed": args.seed})
 
     print("3/4 drawing the paper's figures", flush=True)
     figures_dir = output_folder(out / "figures")
     figure_paths = make_figures(model, sde, data_images(config, None), figures_dir, loss_runs=[run_dir],
-                                steps=args.steps, milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed,
+                                steps=args.steps, few_steps=args.few_steps, milstein_steps=args.milstein_steps,
+                                tol=args.tol, seed=args.seed,
                                 device=device, backend=args.backend)
 
     print("4/4 comparing the samplers", flush=True)
-    md_path = run_compare(model, sde, config, output_folder(out / "compare"), data_dir=None, samplers=compare.SAMPLERS,
-                          steps=args.compare_steps, ode_tols=args.ode_tols, num_samples=64, seed=args.seed,
+    md_path = run_compare(model, sde, config, output_folder(out / "compare"), data_dir=None,
+                          samplers=compare.ALL_SAMPLERS, steps=args.compare_steps,
+                          few_steps=args.compare_few_steps, ode_tols=args.ode_tols, num_samples=64, seed=args.seed,
                           device=device, backend=args.backend, classifier_cache=args.classifier_cache,
                           classifier_epochs=args.classifier_epochs, checkpoint=shown_run)
 

@@ -18,6 +18,6 @@ def run(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
     runs = loss_runs(args.checkpoint) if args.loss_runs is None else args.loss_runs
     make_figures(model, sde, data_images(config, args.data_dir), out, loss_runs=runs, steps=args.steps,
-                 milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed, device=device,
+                 few_steps=args.few_steps, milstein_steps=args.milstein_steps, tol=args.tol, seed=args.seed, device=device,
                  backend=args.backend)
     return out

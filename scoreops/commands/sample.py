@@ -15,7 +15,7 @@ from .runs import load_run
 def run(args: argparse.Namespace) -> Path:
     """Draw the samples; under torchrun each process draws its shard of the stream's samples
     (``sample_offset``) and rank 0 gathers and writes them all."""
-    from ..evaluation.compare import draw_samples
+    from ..evaluation.compare import DEFAULT_FEW_STEPS, draw_samples
     from ..samplers import FEW_STEP_SAMPLERS
 
     with distributed.process_group(args.device) as (rank, world_size, device):
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> Path:
         model, _, sde, shape = load_run(args.checkpoint, args.raw_weights, device)
         out = output_folder(args.out)
         offset, count = distributed.shard(args.num_samples, rank, world_size)
-        steps = args.steps or (20 if args.sampler in FEW_STEP_SAMPLERS else 500)
+        steps = args.steps or (DEFAULT_FEW_STEPS if args.sampler in FEW_STEP_SAMPLERS else 500)
         run = draw_samples(args.sampler, model, sde, shape, num_samples=count, sample_offset=offset, steps=steps,
                            tol=args.tol, snr=args.snr, correction=args.correction, seed=args.seed, device=device,
                            backend=args.backend, progress=rank == 0)

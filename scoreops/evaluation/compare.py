@@ -39,6 +39,11 @@ from . import metrics
 SAMPLERS = ("pc", "em", "ode", "milstein")
 #: Every sampler ``compare`` and ``sample`` run: the paper's, then the few-step samplers.
 ALL_SAMPLERS = SAMPLERS + tuple(samplers.FEW_STEP_SAMPLERS)
+#: ``scoreops sample``'s default, and the few-step samplers' steps in the figures: the best FD per
+#: second that benchmarks/bench_quality.py measured on the digits model (DPM-Solver++(2M) SDE at
+#: 10 steps = 10 NFE; see the README's "Time to quality").
+DEFAULT_SAMPLER = "dpmpp_2m_sde"
+DEFAULT_FEW_STEPS = 10
 LABELLED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
@@ -232,8 +237,8 @@ def run_row(run: SampleRun, reference: Reference) -> dict:
             **reference.measure(run.samples), "heldout_accuracy": None}
 
 
-def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=SAMPLERS, steps=(100, 500),
-                     ode_tols=(1e-3, 1e-5), num_samples: int = 64, seed: int = 0,
+def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=ALL_SAMPLERS, steps=(100, 500),
+                     few_steps=(10, 20), ode_tols=(1e-3, 1e-5), num_samples: int = 64, seed: int = 0,
                      device: torch.device | str = "cpu", backend: str = "auto",
                      progress: bool = True) -> tuple[list[dict], list[SampleRun]]:
     """Run every sampler at every setting and measure the samples against ``reference``.
@@ -242,7 +247,8 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
         model, sde: the score model and its SDE.
         reference: the classifier and data statistics (:meth:`Reference.build`).
         sampler_names: which of :data:`ALL_SAMPLERS` to run.
-        steps: step counts of the SDE and few-step samplers.
+        steps: step counts of the SDE samplers (EM, Milstein, PC).
+        few_steps: step counts (sigma intervals) of the few-step samplers.
         ode_tols: tolerances (atol = rtol) of the ODE sampler.
         num_samples: samples per run (>= 2).
         seed: one noise-stream seed for every run, so all start from the same x(1).
@@ -264,10 +270,10 @@ def compare_samplers(model, sde: VESDE, reference: Reference, *, sampler_names=S
         if name == "ode":
             runs += [dict(sampler=name, tol=tol) for tol in ode_tols]
         else:
-            runs += [dict(sampler=name, steps=n) for n in steps]
+            runs += [dict(sampler=name, steps=n) for n in (few_steps if name in samplers.FEW_STEP_SAMPLERS else steps)]
     if not runs:
-        raise ValueError(f"nothing to run: samplers {list(sampler_names)} with steps {list(steps)} and ODE "
-                         f"tolerances {list(ode_tols)}")
+        raise ValueError(f"nothing to run: samplers {list(sampler_names)} with steps {list(steps)}, few-step "
+                         f"steps {list(few_steps)} and ODE tolerances {list(ode_tols)}")
     shape = reference.images.shape[1:]
     options = dict(num_samples=num_samples, seed=seed, device=device, backend=backend)
     if torch.device(device).type == "cuda":

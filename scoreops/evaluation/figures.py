@@ -6,7 +6,8 @@
                                        after different amounts of sampling (step counts)
 ``fig3_interpolation.png``             rows of spherical interpolations between two prior
                                        noises, each decoded by the probability-flow ODE
-``fig4_samplers.png``                  PC, EM, ODE and Milstein side by side, from one seed
+``fig4_samplers.png``                  PC, EM, ODE and Milstein, then the eight few-step
+                                       samplers (10 steps), from one seed
 ``fig5_loss.png``                      the training loss of one or more runs, side by side
 =====================================  ==========================================================
 
@@ -28,11 +29,14 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from ..core.checks import check_int
-from .compare import SAMPLERS, SampleRun, draw_samples
+from ..samplers import FEW_STEP_SAMPLERS
+from .compare import ALL_SAMPLERS, DEFAULT_FEW_STEPS, SAMPLERS, SampleRun, draw_samples
 from ..sde import VESDE, prior_sample
 
 #: Sampler names as the figures print them.
-TITLES = {"pc": "PC", "em": "EM", "ode": "ODE", "milstein": "Milstein"}
+TITLES = {"pc": "PC", "em": "EM", "ode": "ODE", "milstein": "Milstein", "heun": "Heun (EDM)", "euler": "Euler",
+          "euler_ancestral": "Euler ancestral", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE",
+          "dpmpp_3m_sde": "DPM-Solver++(3M) SDE", "ipndm": "iPNDM", "unipc": "UniPC"}
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: int = 64) -> Path:
@@ -160,7 +164,7 @@ def interpolation_figure(run: SampleRun, columns: int, seed: int) -> Figure:
     return fig
 
 
-def runs_figure(runs, title: str, nrow: int = 8, panel_inches: float = 3.2) -> Figure:
+def runs_figure(runs, title: str, nrow: int = 8, panel_inches: float = 3.2, columns: int | None = None) -> Figure:
     """Sample grids side by side, one panel per :class:`scoreops.evaluation.compare.SampleRun`, each titled
     with its sampler, settings and nfe (Figures 2 and 4, and the grids of ``scoreops compare``).
 
@@ -169,11 +173,18 @@ def runs_figure(runs, title: str, nrow: int = 8, panel_inches: float = 3.2) -> F
         title: the figure's title.
         nrow: images per row of each panel.
         panel_inches: the width of each panel.
+        columns: panels per row (default: all in one row).
     """
     if not runs:
         raise ValueError("runs_figure needs at least one run")
-    fig = Figure(figsize=(panel_inches * len(runs), panel_inches + 0.4), layout="constrained")
-    for ax, run in zip(np.atleast_1d(fig.subplots(1, len(runs))), runs):
+    columns = min(columns or len(runs), len(runs))
+    rows = math.ceil(len(runs) / columns)
+    fig = Figure(figsize=(panel_inches * columns, (panel_inches + 0.4) * rows + 0.4 * (rows > 1)),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
+    for ax in axes[len(runs):]:
+        ax.set_axis_off()
+    for ax, run in zip(axes, runs):
         grid = make_grid(run.samples.detach().float().cpu().clamp(0.0, 1.0), nrow=nrow, padding=1, pad_value=1.0)
         _show(ax, grid)
         ax.set_title(f"{TITLES[run.sampler]}\n{run.details()}", fontsize=10)
@@ -234,7 +245,8 @@ def loss_figure(curves: dict) -> Figure:
 
 
 def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Path, *, loss_runs=(),
-                 steps: int = 500, milstein_steps=(500, 2000), tol: float = 1e-5, samplers_shown: int = 16,
+                 steps: int = 500, few_steps: int = DEFAULT_FEW_STEPS, milstein_steps=(500, 2000), tol: float = 1e-5,
+                 samplers_shown: int = 16,
                  seed: int = 0, device: torch.device | str = "cpu", backend: str = "auto",
                  progress: bool = True) -> list[Path]:
     """Draw all five figures into ``out_dir``.
@@ -244,6 +256,7 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
         data_images: training images (N, C, H, W) in [0, 1]; Figure 1 shows one of them.
         loss_runs: run folders (holding ``loss.csv``) for Figure 5; none skips it.
         steps: steps of the SDE samplers in Figure 4; ``tol`` the ODE's tolerance.
+        few_steps: steps (sigma intervals) of the few-step samplers in Figure 4.
         milstein_steps: the step counts of Figure 2's panels. The paper's Milstein correction
             adds noise of order ``g g' dt``, so its samples need more steps than EM's to be clean.
         samplers_shown: samples per sampler in Figure 4.
@@ -275,11 +288,13 @@ def make_figures(model, sde: VESDE, data_images: torch.Tensor, out_dir: str | Pa
                                                                         **sample), columns, seed),
                                  out / "fig3_interpolation.png"))
         bar.update()
-        runs = [draw_samples(name, model, sde, shape, num_samples=samplers_shown, steps=steps, tol=tol, **sample)
-                for name in SAMPLERS]
-        paths.append(save_figure(runs_figure(runs, f"One model, four samplers, one seed: {samplers_shown} samples "
-                                                   f"each, seed {seed}", nrow=math.ceil(math.sqrt(samplers_shown))),
-                                 out / "fig4_samplers.png"))
+        runs = [draw_samples(name, model, sde, shape, num_samples=samplers_shown, tol=tol, **sample,
+                             steps=few_steps if name in FEW_STEP_SAMPLERS else steps)
+                for name in ALL_SAMPLERS]
+        title = (f"One model: the paper's four samplers, then the few-step samplers; {samplers_shown} samples "
+                 f"each, seed {seed}")
+        paths.append(save_figure(runs_figure(runs, title, nrow=math.ceil(math.sqrt(samplers_shown)),
+                                             columns=len(SAMPLERS)), out / "fig4_samplers.png"))
         bar.update()
         if curves:
             paths.append(save_figure(loss_figure(curves), out / "fig5_loss.png"))
