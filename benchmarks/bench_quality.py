@@ -4,7 +4,8 @@ Each sampler runs over an NFE grid that suits it: the few-step solvers
 (:data:`scoreops.samplers.FEW_STEP_SAMPLERS`) at about 5, 10, 20 and 50 score evaluations (NFE;
 Heun's N steps cost 2N - 1), Euler-Maruyama, Milstein and predictor-corrector (2 NFE per step)
 at about 50 to 1000, and the adaptive ODE solver at a few tolerances. For every (sampler, NFE)
-there are ``--seeds`` runs of ``--samples`` samples; every run of seed s, whatever its sampler,
+there are ``--seeds`` runs of ``--samples`` samples (``--seeds-above-50`` where a fixed budget
+exceeds 50 NFE: those runs are long and their spread small); every run of seed s, whatever its sampler,
 starts from the same prior noise (the scoreops stream's ``prior_sample``, seed 1000 + s).
 Quality is the Frechet distance (FD) in the features of the data set's classifier
 (:mod:`scoreops.evaluation.metrics`), printed beside the floor of real data against real data.
@@ -70,6 +71,7 @@ K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral":
 ALL_SAMPLERS = FEW_STEP + SDE + ("ode", "dpm_adaptive")
 QUICK = {"samplers": ("heun", "dpmpp_2m_sde", "unipc"), "nfe": (10, 20), "seeds": 2, "samples": 256}
 MIN_SAMPLES = 512
+MANY_SEEDS_UP_TO = 50  # fixed budgets above this NFE take --seeds-above-50 seeds
 HEADLINE_NFE = (10, 20, 50)
 DEFAULT_TRAIN_STEPS = 4000
 FIRST_SEED = 1000  # prior noise of seed s: prior_sample(..., seed=FIRST_SEED + s)
@@ -123,6 +125,12 @@ def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool, k
                 specs += [Spec(library, name, b, steps_for(name, b)) for b in grid
                           if steps_for(name, b) >= min_steps(name)]
     return specs
+
+
+def seed_count(spec: Spec, seeds: int, seeds_above_50: int) -> int:
+    """Runs of ``spec``: ``seeds``, or ``seeds_above_50`` for a fixed budget above 50 NFE (adaptive
+    runs, whose NFE is not known in advance, take ``seeds``)."""
+    return seeds if spec.budget is None or spec.budget <= MANY_SEEDS_UP_TO else seeds_above_50
 
 
 # --------------------------------------------------------------------------- cache keys
@@ -336,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{','.join(map(str, FEW_STEP_NFE))}, em/milstein/pc {','.join(map(str, SDE_NFE))}; "
                              f"--quick: {','.join(map(str, QUICK['nfe']))})")
     parser.add_argument("--seeds", type=int, default=None, help="runs per (sampler, NFE), >= 1 (default: 3)")
+    parser.add_argument("--seeds-above-50", type=int, default=1,
+                        help="runs per (sampler, NFE) of the fixed budgets above 50 NFE, >= 1 and at most --seeds "
+                             "(default: %(default)s)")
     parser.add_argument("--samples", type=int, default=None,
                         help=f"samples per run, >= {MIN_SAMPLES} unless --quick (default: 512)")
     parser.add_argument("--quick", action="store_true",
@@ -379,6 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.samples = args.samples if args.samples is not None else QUICK["samples"] if args.quick else 512
     if args.seeds < 1:
         raise SystemExit(f"bench_quality: --seeds must be >= 1, got {args.seeds}")
+    if args.seeds_above_50 < 1:
+        raise SystemExit(f"bench_quality: --seeds-above-50 must be >= 1, got {args.seeds_above_50}")
+    args.seeds_above_50 = min(args.seeds_above_50, args.seeds)
     if args.samples < MIN_SAMPLES and not args.quick:
         raise SystemExit(f"bench_quality: --samples must be >= {MIN_SAMPLES} (FD is biased at fewer), got "
                          f"{args.samples}; --quick allows fewer")
@@ -427,8 +441,9 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "quality-cache.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    seeds = {spec: seed_count(spec, args.seeds, args.seeds_above_50) for spec in specs}
     keys = {(spec, seed): cache_key(spec, seed, context, code[spec.library])
-            for spec in specs for seed in range(args.seeds)}
+            for spec in specs for seed in range(seeds[spec])}
     todo = [(spec, seed) for (spec, seed), key in keys.items() if args.fresh or key not in cache]
     print(f"bench_quality: {len(keys)} runs, {len(keys) - len(todo)} cached, {len(todo)} to measure", flush=True)
 
@@ -459,12 +474,13 @@ def run(args: argparse.Namespace) -> dict:
         text = json.dumps(cache, indent=0, sort_keys=True) + "\n"
         atomic_write(cache_path, lambda tmp, text=text: tmp.write_text(text))
 
-    rows = [summarise(spec, [cache[keys[spec, seed]] for seed in range(args.seeds)], args.samples)
+    rows = [summarise(spec, [cache[keys[spec, seed]] for seed in range(seeds[spec])], args.samples)
             for spec in specs]
     best = headline(rows, libraries)
     info["load_average_end"] = common.load_average()
     result = {"benchmark": "quality", "quick": args.quick, "checkpoint": str(checkpoint), "machine": info,
-              "settings": {"samples": args.samples, "seeds": args.seeds, "samplers": args.samplers,
+              "settings": {"samples": args.samples, "seeds": args.seeds, "seeds_above_50": args.seeds_above_50,
+                           "samplers": args.samplers,
                            "nfe": list(args.nfe) if args.nfe else None, "first_seed": FIRST_SEED},
               "code": code, "data_floor_fd": floor, "libraries": libraries, "notes": notes, "rows": rows,
               "headline": [{"nfe_limit": e["nfe_limit"], "verdict": e["verdict"],
@@ -479,7 +495,8 @@ def run(args: argparse.Namespace) -> dict:
     text = "\n\n".join(
         ["# Sample quality per score evaluation"] + (quick_warning if args.quick else []) + [
             common.describe_machine(info),
-            f"Model `{checkpoint}` ({config['dataset']}); {args.seeds} seeds x {args.samples} samples per row, every "
+            f"Model `{checkpoint}` ({config['dataset']}); {args.seeds} seeds x {args.samples} samples per row "
+            f"({args.seeds_above_50} at fixed budgets above {MANY_SEEDS_UP_TO} NFE), every "
             f"run of a seed from the same prior noise. FD in the features of the {config['dataset']} classifier; "
             f"**data floor** (real against real, {args.samples} images): **{floor:.2f}**. NFE is counted; seconds "
             f"are the median over seeds of the same runs.",

@@ -95,3 +95,12 @@ def test_headline_takes_each_librarys_best_within_the_limit_and_wins_only_beyond
     assert table[2]["k-diffusion"] is rows[4]  # the adaptive run fits NFE <= 50 but is worse
     assert bench_quality.headline(rows[:3], ["scoreops"])[1]["verdict"] == "-"
     assert bench_quality.verdict(rows[4], rows[2]) == "peer lower FD"
+
+
+def test_fixed_budgets_above_50_nfe_take_fewer_seeds():
+    spec = bench_quality.Spec
+    assert bench_quality.seed_count(spec("scoreops", "em", 50, 50), 3, 1) == 3
+    assert bench_quality.seed_count(spec("scoreops", "em", 100, 100), 3, 1) == 1
+    assert bench_quality.seed_count(spec("scoreops", "ode", options=(("tol", 1e-3),)), 3, 1) == 3
+    args = bench_quality.parse_args(["--seeds", "2", "--seeds-above-50", "5"])
+    assert (args.seeds, args.seeds_above_50) == (2, 2)
