@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PEERS := $(VENV)/.peers-installed
+BENCH := $(VENV)/.bench-installed
 
 .PHONY: install test demo bench bench-quality clean
 
@@ -17,11 +18,16 @@ $(PEERS): requirements-peers.txt $(STAMP)
 	$(PY) -m pip install -q --no-deps -r requirements-peers.txt
 	touch $@
 
+# diffusers, the second peer, with its pinned dependencies (requirements-bench.txt).
+$(BENCH): requirements-bench.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
 install: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
 # lint-imports checks the import layers of pyproject.toml before the tests run.
-test: install $(PEERS)
+test: install $(PEERS) $(BENCH)
 	$(VENV)/bin/lint-imports --no-cache
 	cd tests && ../$(PY) -m pytest -n 2 -q
 
@@ -32,7 +38,7 @@ bench: install
 	$(VENV)/bin/scoreops bench --out benchmarks/results
 
 # Quality per NFE against k-diffusion; trains the digits model once (cached) and caches every run.
-bench-quality: install $(PEERS)
+bench-quality: install $(PEERS) $(BENCH)
 	$(PY) benchmarks/bench_quality.py --out benchmarks/results --figures-dir docs/figures
 
 clean:
