@@ -16,8 +16,10 @@ call is counted).
 The peers run on the same model, through :func:`scoreops.score_to_denoiser`, when installed:
 k-diffusion 0.1.1.post1 (``requirements-peers.txt``) on its Karras grid with the ends of
 :func:`scoreops.sigma_grid`, its stochastic samplers with their own (Brownian-tree) noise
-seeded by ``torch.manual_seed(s)``, and its adaptive DPM-Solver at a few tolerances. diffusers is
-reported as skipped.
+seeded by ``torch.manual_seed(s)``, and its adaptive DPM-Solver at a few tolerances; diffusers
+0.42.1 (``requirements-bench.txt``) through :mod:`peers_diffusers`: its EDM Euler and
+DPM-Solver++ (2M, 2M SDE) and UniPC (orders 2 and 3) on the same Karras grid, and its
+ScoreSdeVe predictor-corrector on its own geometric grid, noise from a generator seeded by s.
 
 A difference between two means counts only where it exceeds the larger of their spreads (sample
 standard deviations over seeds). Each run's FD, NFE and seconds are cached in
@@ -52,10 +54,11 @@ from scoreops.sde import prior_sample
 from scoreops.training.checkpoint import atomic_write
 
 try:
-    from . import common, peers
+    from . import common, peers, peers_diffusers
 except ImportError:  # run as a script: python benchmarks/bench_quality.py
     import common
     import peers
+    import peers_diffusers
 
 FEW_STEP = tuple(samplers.FEW_STEP_SAMPLERS)
 SDE = ("em", "milstein", "pc")
@@ -68,7 +71,11 @@ K_ADAPTIVE_RTOLS = (0.2, 0.1, 0.05)
 K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral": "sample_euler_ancestral",
               "dpmpp_2m": "sample_dpmpp_2m", "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
               "dpmpp_3m_sde": "sample_dpmpp_3m_sde"}
+# diffusers' runner (benchmarks/peers_diffusers.py) of each scoreops sampler it also has.
+D_RUNNERS = {"euler": ("edm_euler",), "dpmpp_2m": ("edm_dpmpp_2m",), "dpmpp_2m_sde": ("edm_dpmpp_2m_sde",),
+             "unipc": ("unipc_2", "unipc_3"), "pc": ("sde_ve_pc",)}
 ALL_SAMPLERS = FEW_STEP + SDE + ("ode", "dpm_adaptive")
+PEERS = ("k-diffusion", "diffusers")
 QUICK = {"samplers": ("heun", "dpmpp_2m_sde", "unipc"), "nfe": (10, 20), "seeds": 2, "samples": 256}
 MIN_SAMPLES = 512
 MANY_SEEDS_UP_TO = 50  # fixed budgets above this NFE take --seeds-above-50 seeds
@@ -89,7 +96,8 @@ class Spec:
     @property
     def label(self) -> str:
         """The figure's line: library, sampler and its options, without the budget."""
-        extra = ", ".join(f"{k}={v:g}" for k, v in self.options if k not in ("tol", "rtol"))
+        extra = ", ".join(v if isinstance(v, str) else f"{k}={v:g}" for k, v in self.options
+                          if k not in ("tol", "rtol"))
         return f"{self.library} {self.sampler}" + (f" ({extra})" if extra else "")
 
 
@@ -105,13 +113,19 @@ def min_steps(sampler: str) -> int:
     return 2 if sampler in SDE else 1
 
 
-def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool, k_available: bool) -> list[Spec]:
-    """Every run to report, in table order: scoreops first, then k-diffusion; by NFE within a sampler."""
+def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool,
+               peers_ran: tuple[str, ...]) -> list[Spec]:
+    """Every run to report, in table order: scoreops first, then the peers in ``peers_ran``; by NFE
+    within a sampler."""
     specs = []
-    for library in ("scoreops", "k-diffusion"):
-        if library == "k-diffusion" and not k_available:
-            continue
+    for library in ("scoreops",) + tuple(p for p in PEERS if p in peers_ran):
         for name in names:
+            if library == "diffusers":
+                grid = budgets or (QUICK["nfe"] if quick else SDE_NFE if name in SDE else FEW_STEP_NFE)
+                specs += [Spec(library, name, b, peers_diffusers.steps_for(runner, b), (("runner", runner),))
+                          for runner in D_RUNNERS.get(name, ()) for b in grid
+                          if peers_diffusers.steps_for(runner, b) >= min_steps(name)]
+                continue
             if library == "k-diffusion" and name not in K_SAMPLERS and name != "dpm_adaptive":
                 continue
             if library == "scoreops" and name == "dpm_adaptive":
@@ -141,15 +155,18 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def code_versions(k_sampling) -> dict[str, str]:
+def code_versions(k_sampling, diffusers_ran: bool) -> dict[str, str]:
     """What a cached result depends on besides its settings, per library: the code that made it."""
     package = Path(scoreops.__file__).parent
     source = [p for folder in ("samplers", "ops", "kernels") for p in sorted((package / folder).glob("*.py"))]
     versions = {"scoreops": f"scoreops {scoreops.__version__} {_digest(*(p.read_bytes() for p in source))}"}
+    adapter = Path(samplers.denoiser.__file__).read_bytes()
     if k_sampling is not None:
-        adapter = Path(samplers.denoiser.__file__).read_bytes()
         versions["k-diffusion"] = (f"k-diffusion {peers.version('k-diffusion')} "
                                    f"{_digest(Path(k_sampling.__file__).read_bytes(), adapter)}")
+    if diffusers_ran:
+        versions["diffusers"] = (f"diffusers {peers_diffusers.diffusers_version()} "
+                                 f"{_digest(Path(peers_diffusers.__file__).read_bytes(), adapter)}")
     return versions
 
 
@@ -193,9 +210,11 @@ def sample(spec: Spec, score, denoiser, x: torch.Tensor, sde, seed: int, k_sampl
     """One run of ``spec`` from the prior sample ``x``; ``score`` and ``denoiser`` count their calls."""
     device = x.device
     options = dict(spec.options)
+    ends = samplers.sigma_grid(sde, 2)  # [std(1), std(eps), 0]: the same ends as scoreops's grids
+    sigma_min, sigma_max = float(ends[1]), float(ends[0])
+    if spec.library == "diffusers":
+        return peers_diffusers.RUNNERS[options["runner"]](denoiser, x, sigma_max, sigma_min, spec.steps, seed)
     if spec.library == "k-diffusion":
-        ends = samplers.sigma_grid(sde, 2)  # [std(1), std(eps), 0]: the same ends as scoreops's grids
-        sigma_min, sigma_max = float(ends[1]), float(ends[0])
         torch.manual_seed(seed)
         with warnings.catch_warnings():
             # torchsde's Brownian interval warns about float rounding of its own interval ends.
@@ -253,7 +272,9 @@ def headline(rows: list[dict], libraries: list[str]) -> list[dict]:
         for library in libraries:
             fits = [r for r in rows if r["library"] == library and r["nfe_max"] <= limit]
             entry[library] = min(fits, key=lambda r: r["fd_mean"]) if fits else None
-        entry["verdict"] = verdict(entry.get("scoreops"), entry.get("k-diffusion")) if len(libraries) > 1 else "-"
+        verdicts = [(peer, verdict(entry["scoreops"], entry[peer])) for peer in libraries[1:]]
+        entry["verdict"] = ("-" if not verdicts else verdicts[0][1] if len(verdicts) == 1
+                            else "; ".join(f"vs {peer}: {v}" for peer, v in verdicts))
         table.append(entry)
     return table
 
@@ -266,7 +287,7 @@ def _fd_cell(row: dict | None) -> str:
 
 
 def _options_cell(options: dict) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in options.items()) or "-"
+    return ", ".join(v if isinstance(v, str) else f"{k} {v:g}" for k, v in options.items()) or "-"
 
 
 def headline_markdown(table: list[dict], libraries: list[str]) -> str:
@@ -422,19 +443,17 @@ def run(args: argparse.Namespace) -> dict:
     floor = compare.data_row(reference, args.samples)["frechet_distance"]
 
     k_sampling, k_missing = peers.k_diffusion_sampling()
-    notes = [k_missing + ": skipped"] if k_missing else []
-    diffusers_version = peers.version("diffusers")
-    notes.append("diffusers not installed: skipped" if diffusers_version is None else
-                 f"diffusers {diffusers_version} installed, but this benchmark does not run its schedulers yet: "
-                 f"skipped")
-    libraries = ["scoreops"] + (["k-diffusion"] if k_sampling is not None else [])
-    specs = build_grid(args.samplers, args.nfe, args.quick, k_sampling is not None)
+    d_schedulers, d_missing = peers_diffusers.diffusers_schedulers()
+    notes = [why + ": skipped" for why in (k_missing, d_missing) if why]
+    peers_ran = tuple(p for p, module in zip(PEERS, (k_sampling, d_schedulers)) if module is not None)
+    libraries = ["scoreops", *peers_ran]
+    specs = build_grid(args.samplers, args.nfe, args.quick, peers_ran)
     if not specs:
         raise SystemExit(f"bench_quality: nothing to run for --samplers {','.join(args.samplers)} and --nfe "
                          f"{args.nfe}")
 
     info = common.machine_info(device)
-    code = code_versions(k_sampling)
+    code = code_versions(k_sampling, d_schedulers is not None)
     context = {"samples": args.samples, "model": weights_hash(model), "classifier": weights_hash(classifier.net),
                "device": info["device_name"], "threads": torch.get_num_threads()}
     out = Path(args.out)
@@ -490,6 +509,8 @@ def run(args: argparse.Namespace) -> dict:
     atomic_write(out / "quality.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
 
     peer_lines = [f"k-diffusion {peers.version('k-diffusion')} (sampling.py) ran"] if k_sampling else []
+    peer_lines += [f"diffusers {peers_diffusers.diffusers_version()} ran (its schedulers through "
+                   f"benchmarks/peers_diffusers.py)"] if d_schedulers else []
     peer_lines += notes
     quick_warning = ["**--quick: a smoke run at fewer samples and seeds; its numbers are not for comparison.**"]
     text = "\n\n".join(

@@ -56,7 +56,11 @@ def test_quality_counts_nfe_writes_reports_and_reuses_its_cache(tmp_path, monkey
         assert [r["sampler"] for r in rows if r["library"] == "k-diffusion"] == ["heun", "euler"]
     assert result["headline"] == []  # no run at NFE 10, 20 or 50
     if importlib.util.find_spec("diffusers") is None:
-        assert "diffusers not installed: skipped" in result["notes"]
+        assert any(note.startswith("diffusers not installed") for note in result["notes"])
+    else:  # EDM Euler at 4 steps, ScoreSdeVe PC at 2 steps of 2 calls
+        assert [(r["sampler"], r["options"]) for r in rows if r["library"] == "diffusers"] == [
+            ("euler", {"runner": "edm_euler"}), ("pc", {"runner": "sde_ve_pc"})]
+        assert "| diffusers | euler | edm_euler | 4 | 4 |" in (out / "quality.md").read_text()
     text = (out / "quality.md").read_text()
     assert "data floor" in text and "| scoreops | heun | - | 2 | 3 |" in text
     for name in ("fd_vs_nfe.png", "fd_vs_seconds.png"):
