@@ -4,6 +4,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 
 #include "ops.h"
@@ -156,6 +157,22 @@ int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Te
   return k;
 }
 
+StepShape check_adaptive_sde_step(const at::Tensor& x, const at::Tensor& x_low, const at::Tensor& x_prev,
+                                  const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                                  const at::Tensor& seed, const at::Tensor& step, double atol, double rtol) {
+  constexpr const char* op = "adaptive_sde_step";
+  check_batch(op, x, "x");
+  check_like(op, x_low, "x_low", x, "x");
+  check_like(op, x_prev, "x_prev", x, "x");
+  check_like(op, s, "s", x, "x");
+  check_counter(op, seed, "seed", x.device());
+  check_counter(op, step, "step", x.device());
+  TORCH_CHECK_VALUE(std::isfinite(atol) && atol >= 0.0, op, ": atol must be a finite float >= 0, got ", atol);
+  TORCH_CHECK_VALUE(std::isfinite(rtol) && rtol > 0.0, op, ": rtol must be a positive finite float, got ", rtol);
+  const int64_t batch = x.size(0), dim = per_sample_numel(x);
+  return {batch, dim, check_coef(op, a, "a", x, batch), check_coef(op, b, "b", x, batch), CoefMode::kScalar};
+}
+
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs) {
   check_stages("rk_combine", y, ks, coeffs, "stage");
 }
@@ -180,6 +197,9 @@ TORCH_LIBRARY(scoreops, m) {
   m.def(
       "sigma_step(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int lane, int sample_offset, "
       "bool add_noise) -> Tensor");
+  m.def(
+      "adaptive_sde_step(Tensor x, Tensor x_low, Tensor x_prev, Tensor s, Tensor a, Tensor b, Tensor seed, "
+      "Tensor step, int lane, int sample_offset, float atol, float rtol) -> (Tensor, Tensor)");
   m.def("rk_combine(Tensor y, Tensor[] ks, float[] coeffs, float h) -> Tensor");
   m.def("rk_error_sq(Tensor y, Tensor y_new, Tensor[] ks, float[] e, float h, float atol, float rtol) -> Tensor");
 }

@@ -41,6 +41,11 @@ void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step
 // sigma_step's checks; returns the number of terms K (coefs holds K + 2 values).
 int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
                          const at::Tensor& step);
+// adaptive_sde_step's checks: x, x_low, x_prev and s alike, a and b laid out as sde_step's
+// coefficients (the returned shape's c is unused), atol >= 0 and rtol > 0 finite.
+StepShape check_adaptive_sde_step(const at::Tensor& x, const at::Tensor& x_low, const at::Tensor& x_prev,
+                                  const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                                  const at::Tensor& seed, const at::Tensor& step, double atol, double rtol);
 void check_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs);
 void check_rk_error_sq(const at::Tensor& y, const at::Tensor& y_new, at::TensorList ks, at::ArrayRef<double> e);
 

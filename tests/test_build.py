@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # subprocesses load the same build.
 PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])
 OPS = ("built_with_cuda", "philox_bits", "philox_normal", "sde_step", "sde_step_", "sample_sq_norms",
-       "sigma_step", "rk_combine", "rk_error_sq")
+       "sigma_step", "rk_combine", "rk_error_sq", "adaptive_sde_step")
 
 
 @pytest.fixture(scope="module")

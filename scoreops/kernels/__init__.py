@@ -6,4 +6,4 @@ are ``torch.library.triton_op``s, visible to ``torch.compile`` and safe in CUDA 
 step are read on the device). On CPU tensors they run only in Triton's interpreter:
 set ``TRITON_INTERPRET=1`` before triton is first imported.
 """
-from . import philox, rk, sample_norms, sde_step, sigma_step  # noqa: F401  (registers the ops)
+from . import adaptive_sde, philox, rk, sample_norms, sde_step, sigma_step  # noqa: F401  (registers the ops)

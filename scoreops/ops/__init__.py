@@ -15,16 +15,18 @@ Every backend differentiates ``sde_step``, ``langevin_correct``, ``sample_sq_nor
 ``rk_combine`` and ``sigma_step`` (:mod:`scoreops.ops.autograd`).
 
 Files: :mod:`.backends` (loading and choosing backends), :mod:`.steps` (the SDE-step and noise
-ops), :mod:`.rk` (the ODE solver's stage ops), :mod:`.sigma_steps` (the few-step samplers'
-update), :mod:`.torch_ops` (the reference backend), :mod:`._fake` (shapes for ``torch.compile``),
-:mod:`.autograd` (the kernels' gradients).
+ops), :mod:`.rk` (the ODE solver's stage ops), :mod:`.adaptive_sde` (the adaptive SDE solver's
+second stage), :mod:`.sigma_steps` (the few-step samplers' update), :mod:`.torch_ops` (the
+reference backend), :mod:`._fake` (shapes for ``torch.compile``), :mod:`.autograd` (the kernels'
+gradients).
 """
+from .adaptive_sde import adaptive_sde_step
 from .backends import BACKENDS, GRAPH_SAFE_BACKENDS, available_backends, implementation, resolve_backend
 from .rk import rk_combine, rk_error_norm
 from .sigma_steps import sigma_step
 from .steps import (NOISE_NORMS, as_coef, langevin_correct, langevin_step_size, philox_bits, philox_normal,
                     sample_sq_norms, sde_step)
 
-__all__ = ["BACKENDS", "GRAPH_SAFE_BACKENDS", "NOISE_NORMS", "as_coef", "available_backends", "implementation",
-           "langevin_correct", "langevin_step_size", "philox_bits", "philox_normal", "resolve_backend",
+__all__ = ["BACKENDS", "GRAPH_SAFE_BACKENDS", "NOISE_NORMS", "adaptive_sde_step", "as_coef", "available_backends",
+           "implementation", "langevin_correct", "langevin_step_size", "philox_bits", "philox_normal", "resolve_backend",
            "rk_combine", "rk_error_norm", "sample_sq_norms", "sde_step", "sigma_step"]

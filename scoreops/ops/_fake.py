@@ -67,3 +67,9 @@ def _rk_combine(y, ks, coeffs, h):
 def _rk_error_sq(y, y_new, ks, e, h, atol, rtol):
     _same_device(y, y_new, ks)
     return y.new_empty((), dtype=torch.float32)
+
+
+@torch.library.register_fake("scoreops::adaptive_sde_step")
+def _adaptive_sde_step(x, x_low, x_prev, s, a, b, seed, step, lane, sample_offset, atol, rtol):
+    _same_device(x, x_low, x_prev, s, a, b, seed, step)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0],), dtype=torch.float32)

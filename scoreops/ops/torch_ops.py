@@ -104,3 +104,28 @@ def rk_error_sq(y, y_new, ks, e, h: float, atol: float, rtol: float) -> torch.Te
             err = err + ej * k.to(torch.float32)
     scale = atol + rtol * torch.maximum(y.to(torch.float32).abs(), y_new.to(torch.float32).abs())
     return ((h * err / scale) ** 2).sum()
+
+
+def adaptive_sde_step(x, x_low, x_prev, s, a, b, seed, step, lane: int, sample_offset: int, atol: float,
+                      rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adaptive SDE solver's second stage: ``(x_high, err)``.
+
+    ``x_high = ((x + x_low) + (a*s + b*z)) / 2`` in float32 (x's dtype out), z the stream's normals
+    (the same as the first stage's sde_step with this key), and float32 (B,)
+    ``err = sqrt(mean_j ((x_low - x_high) / max(atol, rtol * max(|x_low|, |x_prev|)))**2)``, the
+    difference taken with the float32 x_high.
+    """
+    batch = x.shape[0]
+    if x.numel() == 0:
+        return (torch.empty_like(x, memory_format=torch.contiguous_format),
+                torch.zeros(batch, dtype=torch.float32, device=x.device))
+    x2 = x.reshape(batch, -1).to(torch.float32)
+    low = x_low.reshape(x2.shape).to(torch.float32)
+    prev = x_prev.reshape(x2.shape).to(torch.float32)
+    z = stream_noise_like(x, seed, step, lane, sample_offset)
+    noisy = coef_view("a", a, x) * s.reshape(x2.shape).to(torch.float32) + coef_view("b", b, x) * z
+    high = ((x2 + low) + noisy) * 0.5
+    delta = (rtol * torch.maximum(low.abs(), prev.abs())).clamp_min(atol)
+    ratio = (low - high) / delta
+    err = ((ratio * ratio).sum(dim=1) / x2.shape[1]).sqrt()
+    return high.reshape(x.shape).to(x.dtype), err
