@@ -3,7 +3,8 @@
 Each sampler runs over an NFE grid that suits it: the few-step solvers
 (:data:`scoreops.samplers.FEW_STEP_SAMPLERS`) at about 5, 10, 20 and 50 score evaluations (NFE;
 Heun's N steps cost 2N - 1), Euler-Maruyama, Milstein and predictor-corrector (2 NFE per step)
-at about 50 to 1000, and the adaptive ODE solver at a few tolerances. For every (sampler, NFE)
+at about 50 to 1000, and the adaptive ODE and SDE solvers at a few tolerances (the SDE solver
+with no step count: the sweep over rtol is its quality-cost curve). For every (sampler, NFE)
 there are ``--seeds`` runs of ``--samples`` samples (``--seeds-above-50`` where a fixed budget
 exceeds 50 NFE: those runs are long and their spread small); every run of seed s, whatever its sampler,
 starts from the same prior noise (the scoreops stream's ``prior_sample``, seed 1000 + s).
@@ -66,6 +67,7 @@ FEW_STEP_NFE = (5, 10, 20, 50)
 SDE_NFE = (50, 100, 200, 500, 1000)
 # Adaptive solvers spend what their tolerance asks; their NFE is counted like everyone's.
 ODE_TOLERANCES = (1e-2, 1e-3, 1e-4)
+ADAPTIVE_SDE_RTOLS = (0.05, 0.02, 0.01)  # 0.01: Jolicoeur-Martineau et al.'s default
 K_ADAPTIVE_RTOLS = (0.2, 0.1, 0.05)
 # k-diffusion's sampler of each scoreops few-step sampler it also has.
 K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral": "sample_euler_ancestral",
@@ -74,7 +76,7 @@ K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral":
 # diffusers' runner (benchmarks/peers_diffusers.py) of each scoreops sampler it also has.
 D_RUNNERS = {"euler": ("edm_euler",), "dpmpp_2m": ("edm_dpmpp_2m",), "dpmpp_2m_sde": ("edm_dpmpp_2m_sde",),
              "unipc": ("unipc_2", "unipc_3"), "pc": ("sde_ve_pc",)}
-ALL_SAMPLERS = FEW_STEP + SDE + ("ode", "dpm_adaptive")
+ALL_SAMPLERS = FEW_STEP + SDE + ("ode", "adaptive_sde", "dpm_adaptive")
 PEERS = ("k-diffusion", "diffusers")
 QUICK = {"samplers": ("heun", "dpmpp_2m_sde", "unipc"), "nfe": (10, 20), "seeds": 2, "samples": 256}
 MIN_SAMPLES = 512
@@ -132,6 +134,8 @@ def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool,
                 continue
             if name == "ode":
                 specs += [Spec(library, name, options=(("tol", tol),)) for tol in ODE_TOLERANCES]
+            elif name == "adaptive_sde":
+                specs += [Spec(library, name, options=(("rtol", rtol),)) for rtol in ADAPTIVE_SDE_RTOLS]
             elif name == "dpm_adaptive":
                 specs += [Spec(library, name, options=(("rtol", rtol),)) for rtol in K_ADAPTIVE_RTOLS]
             else:
@@ -230,6 +234,9 @@ def sample(spec: Spec, score, denoiser, x: torch.Tensor, sde, seed: int, k_sampl
     if spec.sampler == "ode":
         return samplers.ode_sample(score, sde, None, x.shape[0], atol=options["tol"], rtol=options["tol"], z=x,
                                    seed=seed, device=device)
+    if spec.sampler == "adaptive_sde":
+        return samplers.adaptive_sde_sample(score, sde, None, x.shape[0], device, rtol=options["rtol"], x_T=x,
+                                            seed=seed)
     fn = {"em": samplers.em_sample, "milstein": samplers.milstein_sample, "pc": samplers.pc_sample}[spec.sampler]
     # No graph capture: a replayed graph would call the model without being counted.
     return fn(score, sde, None, x.shape[0], spec.steps, x_T=x, seed=seed, device=device, cuda_graph=False)

@@ -21,6 +21,8 @@ _EXPORTS = {
     "pc_sample": "samplers",
     "ode_sample": "samplers",
     "ODEResult": "samplers",
+    "adaptive_sde_sample": "samplers",
+    "AdaptiveSDEResult": "samplers",
     "clear_graph_cache": "samplers",
     "sdeint": "samplers",
     "heun_sample": "samplers",

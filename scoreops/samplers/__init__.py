@@ -2,6 +2,7 @@
 
 * :mod:`.reverse_sde`: :func:`em_sample`, :func:`milstein_sample`, :func:`pc_sample`;
 * :mod:`.ode`: :func:`ode_sample`, the probability-flow ODE;
+* :mod:`.adaptive_sde`: :func:`adaptive_sde_sample`, the adaptive SDE solver with per-sample steps;
 * :mod:`.ito_sde`: :func:`sdeint`, a general diagonal-noise Ito SDE on the same fused update;
 * :mod:`.sigma_space`: the few-step samplers in noise level, ``sample_heun(denoiser, x, sigmas)``
   and the like (k-diffusion's convention), with their float64 coefficient tables in
@@ -13,6 +14,7 @@ Their shared parts: :mod:`.schedule` (std, g, dg/dt and the time grid), :mod:`.i
 (argument checks and the starting sample), :mod:`.loop` (the fixed-step plan and loop) and
 :mod:`.cuda_graph` (capture and replay of the whole loop).
 """
+from .adaptive_sde import AdaptiveSDEResult, adaptive_sde_sample
 from .cuda_graph import clear_graph_cache
 from .denoiser import DenoiserScore, ScoreDenoiser, denoiser_to_score, score_to_denoiser
 from .few_step import (dpmpp_2m_sample, dpmpp_2m_sde_sample, dpmpp_3m_sde_sample, euler_ancestral_sample,
@@ -36,8 +38,9 @@ FEW_STEP_SAMPLERS = {
     "unipc": (unipc_sample, sample_unipc),
 }
 
-__all__ = ["CORRECTIONS", "DP_A", "DP_B", "DP_C", "DP_E", "FEW_STEP_SAMPLERS", "ODE_TOL_FLOOR", "ODEResult",
-           "PREDICTORS", "SIGMA_SCHEDULES", "DenoiserScore", "ScoreDenoiser", "clear_graph_cache", "denoiser_to_score",
+__all__ = ["AdaptiveSDEResult", "CORRECTIONS", "DP_A", "DP_B", "DP_C", "DP_E", "FEW_STEP_SAMPLERS", "ODE_TOL_FLOOR",
+           "ODEResult", "PREDICTORS", "SIGMA_SCHEDULES", "DenoiserScore", "ScoreDenoiser", "adaptive_sde_sample",
+           "clear_graph_cache", "denoiser_to_score",
            "dpmpp_2m_sample", "dpmpp_2m_sde_sample", "dpmpp_3m_sde_sample", "em_sample", "euler_ancestral_sample",
            "euler_sample", "heun_sample", "ipndm_sample", "milstein_sample", "ode_sample", "pc_sample",
            "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_euler", "sample_euler_ancestral",
