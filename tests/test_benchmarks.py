@@ -90,7 +90,8 @@ def _check_judged(row: dict, settings: dict, repeats: int) -> None:
 
 
 # The figures of both benchmarks that judge() bounds -> the figures each voids with it.
-_VOIDS = {f.key: f.voids for f in (*bench_steps.FIGURES, *bench_samplers.FIGURES)}
+_VOIDS = {f.key: f.voids
+          for f in (*bench_steps.FIGURES, *bench_samplers.FIGURES, *bench_samplers.VARIANT_FIGURES)}
 
 
 @pytest.mark.parametrize("text, shape", [("64x1x28x28", (64, 1, 28, 28)), ("2^24", (64, 2**18)),
@@ -378,6 +379,104 @@ def test_bench_samplers_writes_consistent_results(tmp_path):
         assert _figure(r, "speedup_vs_eager") == pytest.approx(eager[r["sampler"]] / r["seconds"])
     cells = _check_markdown(md, result, bench_samplers.COLUMNS)
     assert [row[:3] for row in cells] == [[r["model"], r["sampler"], r["variant"]] for r in rows]
+
+
+def test_channels_last_variant_matches_the_model_and_leaves_it_alone(seed):
+    sde = bench_samplers.VESDE(bench_samplers.SIGMA)
+    model = bench_samplers.build_model("tiny", sde, torch.device("cpu"))
+    x, t = torch.randn(3, *bench_samplers.SHAPE), torch.rand(3) * 0.9 + 0.1
+    wrapped = bench_samplers.ChannelsLast(model)
+    with torch.no_grad():
+        out, expected = wrapped(x, t), model(x, t)
+    assert out.is_contiguous() and out.shape == x.shape
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    conv = wrapped.model.down[1].conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert model.down[1].conv.weight.is_contiguous()
+
+
+def _fake_compile(calls, fail=False):
+    """A stand-in for torch.compile that records its mode and returns the module itself (or one that fails)."""
+    def compile_(model, mode=None, **kwargs):
+        calls.append(mode)
+        return _raise if fail else model
+    return compile_
+
+
+def test_bench_samplers_times_model_variants(tmp_path, monkeypatch):
+    """The --model-variants table's structure and arithmetic (torch.compile stood in for: no timing of inductor)."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", _fake_compile(calls))
+    paths = bench_samplers.main(["--model-variants", "--quick", "--threads", "1", "--device", "cpu",
+                                 "--batches", "2,3", "--steps", "3", "--out", str(tmp_path)])
+    result, md = _load(paths)
+    assert Path(paths[0]).name == f"model-variants-{common.device_slug('cpu')}.json"
+    assert result["finished"] is True and MACHINE_KEYS <= set(result["machine"])
+    settings = result["settings"]
+    assert settings["batches"] == [2, 3] and settings["steps"] == 3 and settings["inductor_caches"] is False
+    variants = list(bench_samplers.MODEL_VARIANTS)
+    assert set(settings["variants"]) == set(variants) and set(settings["nets"]) == {"tiny"}
+    # The startup compile, then per batch each compiled variant once, in its own mode.
+    modes = [spec.compile_mode for spec in bench_samplers.MODEL_VARIANTS.values() if spec.compile_mode]
+    assert calls == [None, *modes, *modes]
+    rows = result["rows"]
+    assert [(r["batch"], r["variant"]) for r in rows] == [(b, v) for b in (2, 3) for v in variants]
+    for r in rows:
+        _check_judged(r, settings, repeats=common.MIN_REPEATS)
+        assert r["model"] == "tiny" and r["steps"] == 3 and r.get("error") is None
+        eager = next(e for e in rows if e["batch"] == r["batch"] and e["variant"] == "eager")
+        timings = r["timings"]
+        assert set(timings) == {"model call", "run", *(("eager model call", "eager run") if r is not eager else ())}
+        assert r["forward_ms"] == pytest.approx(1e3 * timings["model call"]["median_s"])
+        assert r["run_s"] == timings["run"]["median_s"] > 0 and r["first_call_s"] > 0
+        forward, eager_forward = _figure(r, "forward_ms") / 1e3, _figure(eager, "forward_ms") / 1e3
+        assert _figure(r, "forward_speedup") == pytest.approx(eager_forward / forward)
+        assert _figure(r, "run_speedup") == pytest.approx(eager["run_s"] / r["run_s"])
+        if r is eager or forward >= eager_forward or "forward_ms" in r["impossible"]:
+            assert r["break_even_calls"] is None
+        else:
+            paid_back = max(0, r["first_call_s"] - forward) / (eager_forward - forward)
+            assert r["break_even_calls"] == pytest.approx(paid_back)
+        assert r["channels_last"] == ("channels_last" in r["variant"]) and 0 <= r["max_rel_diff"] < 1e-4
+    cells = _check_markdown(md, result, bench_samplers.VARIANT_COLUMNS)
+    assert [row[:3] for row in cells] == [[r["model"], str(r["batch"]), r["variant"]] for r in rows]
+
+
+def test_a_failing_compile_is_recorded_beside_the_other_model_variants(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", _fake_compile([], fail=True))
+    with pytest.warns(RuntimeWarning, match="tiny batch 2 compile failed: RuntimeError: kernel failed"):
+        paths = bench_samplers.main(["--model-variants", "--quick", "--threads", "1", "--device", "cpu",
+                                     "--variants", "channels_last,compile", "--out", str(tmp_path)])
+    rows = _load(paths)[0]["rows"]
+    assert [(r["variant"], r.get("error")) for r in rows] == [
+        ("eager", None), ("channels_last", None), ("compile", "RuntimeError: kernel failed")]
+    assert rows[0]["forward_speedup"] == 1.0 and rows[1]["forward_ms"] > 0
+
+
+@pytest.mark.slow
+def test_bench_samplers_compiles_the_model(tmp_path):
+    paths = bench_samplers.main(["--model-variants", "--quick", "--threads", "1", "--device", "cpu",
+                                 "--variants", "compile", "--out", str(tmp_path)])
+    result = _load(paths)[0]
+    eager, compiled = result["rows"]
+    assert compiled["variant"] == "compile" and compiled.get("error") is None
+    assert compiled["first_call_s"] > 0 and compiled["forward_ms"] > 0 and compiled["max_rel_diff"] < 1e-4
+    assert result["settings"]["inductor_startup_s"] > 0
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model-variants", "--batch", "4"], "--batch does not apply with --model-variants"),
+    (["--model-variants", "--models", "tiny", "--tol", "1e-2"], "--tol, --models do not apply with"),
+    (["--batches", "4"], "--batches does not apply without --model-variants"),
+    (["--model-variants", "--nets", "nope"], "--nets"),
+    (["--model-variants", "--variants", "jit"], "--variants"),
+    (["--model-variants", "--batches", "0"], "--batches"),
+    (["--model-variants", "--batches", "4x"], "--batches"),
+])
+def test_bench_samplers_rejects_misplaced_or_bad_variant_arguments(tmp_path, argv, match):
+    with pytest.raises(ValueError, match=match):
+        bench_samplers.main(["--quick", "--threads", "1", "--device", "cpu", "--out", str(tmp_path), *argv])
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the stop without a GPU")
