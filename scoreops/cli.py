@@ -291,6 +291,13 @@ def _add_sampler_options(p: argparse.ArgumentParser, few_step: bool = False) -> 
                    help="absolute and relative tolerance of the adaptive ODE sampler (default: %(default)s)")
 
 
+def _add_compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the score model with torch.compile (default mode): on a 2-core CPU its forward "
+                        "pass is 1.3-1.9x faster at batch 512 after a cold compile of 20-45 s, which pays for long "
+                        "runs (compare, demo), not for one short sample")
+
+
 def _add_figure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--milstein-steps", type=_step_counts, default=[500, 2000],
                    help="comma list of step counts for the Milstein panels of figure 2 (default: 500,2000)")
@@ -321,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler: the paper's four, or a few-step sampler on the Karras grid with the final "
                         "denoise (default: %(default)s, the best FD per second measured on the digits model)")
     _add_sampler_options(p, few_step=True)
+    _add_compile_option(p)
     p.add_argument("--num-samples", type=_sample_count, default=64, help="samples to draw (default: %(default)s)")
     p.add_argument("--snr", type=_snr, default=0.16,
                    help="PC corrector signal-to-noise ratio (default: %(default)s)")
@@ -349,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_sampler_options(p)
     _add_figure_options(p)
+    _add_compile_option(p)
     p.add_argument("--loss-runs", nargs="*", default=None, metavar="RUN",
                    help="run folders whose loss.csv to plot side by side (default: the checkpoint's own run)")
     p.add_argument("--data-dir", default=None, help="where the training data set lives (default: as trained)")
@@ -361,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and grids/<run>.png into --out.")
     _add_model_options(p)
     _add_compare_options(p, "--steps")
+    _add_compile_option(p)
     p.add_argument("--samplers", type=_sampler_list, default=list(ALL_SAMPLERS),
                    help=f"comma list of samplers, from {','.join(ALL_SAMPLERS)} (default: all)")
     p.add_argument("--num-samples", type=_sample_count, default=64, help="samples per run (default: %(default)s)")
@@ -395,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="op backend of the samplers' fused steps (default: %(default)s)")
     _add_compare_options(p, "--compare-steps", "--compare-few-steps")
+    _add_compile_option(p)
     p.add_argument("--copy-figures", default=None, metavar="DIR",
                    help="also copy the figures and the comparison table here, e.g. docs/figures (default: no copy)")
     _add_threads_option(p)

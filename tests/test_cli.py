@@ -110,6 +110,36 @@ def test_sample_runs_the_few_step_samplers(tiny_run, tmp_path, capsys, seed, sam
     torch.testing.assert_close(samples, expected)
 
 
+def test_sample_compiles_the_model_once_when_asked(tiny_run, tmp_path, capsys, monkeypatch, seed):
+    """--compile hands the loaded model to torch.compile (stubbed here: a real compile takes
+    half a minute) and samples with what it returns; the samples are the eager ones."""
+    compiled_calls = []
+
+    class Stub(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, x, t):
+            self.calls += 1
+            return self.model(x, t)
+
+    def fake_compile(model, mode=None):
+        compiled_calls.append(mode)
+        return Stub(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    seed &= 2**63 - 1
+    args = ("sample", "--checkpoint", tiny_run, "--sampler", "euler", "--steps", 3, "--seed", seed, "--device", "cpu")
+    assert run(capsys, *args, "--compile", "--out", tmp_path / "c")[0] == 0
+    assert run(capsys, *args, "--out", tmp_path / "e")[0] == 0
+    assert compiled_calls == [None]  # torch.compile's default mode
+    with safe_open(tmp_path / "c" / "samples-euler-3.safetensors", "pt") as f:
+        assert int(f.metadata()["nfe"]) == 3
+    torch.testing.assert_close(load_file(tmp_path / "c" / "samples-euler-3.safetensors")["samples"],
+                               load_file(tmp_path / "e" / "samples-euler-3.safetensors")["samples"])
+
+
 def test_compare_writes_table_and_json(tiny_run, tmp_path, capsys, monkeypatch):
     titles = {}
 

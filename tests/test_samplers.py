@@ -563,3 +563,18 @@ def test_noise_level_grids_of_the_sde_samplers_are_checked():
         samplers.pc_sample(gaussian_score(), SDE, None, 2, sigmas=[9.0, 9.0, 1.0], shape=SHAPE, seed=0)
     with pytest.raises(ValueError, match="schedule"):
         samplers.milstein_sample(gaussian_score(), SDE, None, 2, 3, schedule="linear", shape=SHAPE, seed=0)
+
+
+def test_compiled_models_are_made_once_per_model_and_mode(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: made.append((model, mode)) or ("compiled", mode))
+    model, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert samplers.inputs.compiled(model, False) is model
+    assert samplers.inputs.compiled(model, True) == ("compiled", None)
+    assert samplers.inputs.compiled(model, "default") == ("compiled", None)
+    assert samplers.inputs.compiled(model, "max-autotune-no-cudagraphs") == ("compiled", "max-autotune-no-cudagraphs")
+    samplers.inputs.compiled(other, True)
+    assert made == [(model, None), (model, "max-autotune-no-cudagraphs"), (other, None)]
+    assert "_scoreops_compiled" not in dict(model.named_modules()) and len(model.state_dict()) == 2
+    with pytest.raises(ValueError, match="compile must be True, False or one of"):
+        samplers.inputs.compiled(model, "fast")

@@ -7,15 +7,17 @@ from pathlib import Path
 import torch
 
 
-def load_run(checkpoint: str, raw_weights: bool, device: torch.device):
+def load_run(checkpoint: str, raw_weights: bool, device: torch.device, compile: bool = False):
     """(model, config, sde, sample shape) of a checkpoint or run folder; the EMA weights unless
-    ``raw_weights``."""
+    ``raw_weights``; the model through ``torch.compile`` with ``compile`` (see
+    :func:`scoreops.samplers.inputs.compiled`)."""
+    from ..samplers.inputs import compiled
     from ..sde import VESDE
     from ..training.checkpoint import load_model
 
     model, config = load_model(checkpoint, ema=not raw_weights, device=device)
     shape = (config["in_channels"], config["image_size"], config["image_size"])
-    return model, config, VESDE(float(config["sigma"])), shape
+    return compiled(model, compile), config, VESDE(float(config["sigma"])), shape
 
 
 def data_images(config: dict, data_dir: str | None) -> torch.Tensor:
