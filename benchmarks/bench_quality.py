@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true", help="measure every run again, replacing its cached result")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda[:i]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run every library's samplers on the torch.compile'd model (default mode); its runs "
+                             "are cached apart from the eager ones")
     parser.add_argument("--out", default="benchmarks/results",
                         help="folder of quality.json, quality.md and the result cache (default: %(default)s)")
     parser.add_argument("--figures-dir", default=None,
@@ -441,7 +444,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = common.resolve_device(args.device)
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    model, config, sde, shape = load_run(str(checkpoint), False, device)
+    model, config, sde, shape = load_run(str(checkpoint), False, device, args.compile)
     model.eval()
     images, labels = compare.load_labelled(config["dataset"], config.get("data_dir"), config["image_size"])
     classifier = metrics.load_or_train_classifier(config["dataset"], images, labels,
@@ -461,8 +464,8 @@ def run(args: argparse.Namespace) -> dict:
 
     info = common.machine_info(device)
     code = code_versions(k_sampling, d_schedulers is not None)
-    context = {"samples": args.samples, "model": weights_hash(model), "classifier": weights_hash(classifier.net),
-               "device": info["device_name"], "threads": torch.get_num_threads()}
+    context = {"samples": args.samples, "model": weights_hash(getattr(model, "_orig_mod", model)), "classifier": weights_hash(classifier.net),
+               "device": info["device_name"], "threads": torch.get_num_threads(), "compile": args.compile}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "quality-cache.json"
@@ -523,7 +526,9 @@ def run(args: argparse.Namespace) -> dict:
     text = "\n\n".join(
         ["# Sample quality per score evaluation"] + (quick_warning if args.quick else []) + [
             common.describe_machine(info),
-            f"Model `{checkpoint}` ({config['dataset']}); {args.seeds} seeds x {args.samples} samples per row "
+            f"Model `{checkpoint}` ({config['dataset']}"
+            f"{', torch.compile default mode, the same compiled model for every library' if args.compile else ''}); "
+            f"{args.seeds} seeds x {args.samples} samples per row "
             f"({args.seeds_above_50} at fixed budgets above {MANY_SEEDS_UP_TO} NFE), every "
             f"run of a seed from the same prior noise. FD in the features of the {config['dataset']} classifier; "
             f"**data floor** (real against real, {args.samples} images): **{floor:.2f}**. NFE is counted; seconds "

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import statistics
 
+import torch
+
 from scoreops.cli import main as cli_main
 
 try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
@@ -34,10 +36,10 @@ def test_quality_counts_nfe_writes_reports_and_reuses_its_cache(tmp_path, monkey
     monkeypatch.setattr(bench_quality, "warm_up", lambda model, x: None)
     out = tmp_path / "out"
 
-    def bench(seeds):
+    def bench(seeds, *extra):
         args = bench_quality.parse_args(["--checkpoint", str(run), "--samplers", ",".join(EXPECTED_NFE),
                                          "--nfe", "4", "--seeds", str(seeds), "--threads", "1",
-                                         "--classifier-cache", str(tmp_path / "cache"), "--out", str(out)])
+                                         "--classifier-cache", str(tmp_path / "cache"), "--out", str(out), *extra])
         args.samples = 16  # below the 512 a real run needs: this checks the plumbing, not FD
         calls.clear()
         return bench_quality.run(args)
@@ -76,6 +78,13 @@ def test_quality_counts_nfe_writes_reports_and_reuses_its_cache(tmp_path, monkey
     for old, new in zip(rows, two["rows"]):
         assert new["fds"][0] == old["fds"][0] and new["fd_std"] == statistics.stdev(new["fds"])
 
+    # --compile: every library samples the compiled model (a stub here), cached apart from eager.
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append(model) or model)
+    with_compile = bench(1, "--compile")
+    assert len(compiled) == 1 and len(calls) == sum(r["nfe"] for r in rows)
+    assert [r["fds"] for r in with_compile["rows"]] == [r["fds"] for r in rows]
+
 
 def _row(library, sampler, budget, nfe, fds):
     return {"library": library, "sampler": sampler, "budget": budget, "nfe": nfe, "nfe_max": nfe, "options": {},
@@ -107,4 +116,4 @@ def test_fixed_budgets_above_50_nfe_take_fewer_seeds():
     assert bench_quality.seed_count(spec("scoreops", "em", 100, 100), 3, 1) == 1
     assert bench_quality.seed_count(spec("scoreops", "ode", options=(("tol", 1e-3),)), 3, 1) == 3
     args = bench_quality.parse_args(["--seeds", "2", "--seeds-above-50", "5"])
-    assert (args.seeds, args.seeds_above_50) == (2, 2)
+    assert (args.seeds, args.seeds_above_50, args.compile) == (2, 2, False)
