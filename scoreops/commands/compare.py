@@ -42,7 +42,7 @@ def run_compare(model, sde, config: dict, out: Path, *, data_dir: str | None, sa
 def run(args: argparse.Namespace) -> Path:
     """Compare the samplers on the checkpoint's model; the report goes to ``args.out``."""
     device = default_device(args.device)
-    model, config, sde, _ = load_run(args.checkpoint, args.raw_weights, device)
+    model, config, sde, _ = load_run(args.checkpoint, args.raw_weights, device, args.compile)
     out = output_folder(args.out)
     run_compare(model, sde, config, out, data_dir=args.data_dir, samplers=args.samplers, steps=args.steps,
                 few_steps=args.few_steps, ode_tols=args.ode_tols, num_samples=args.num_samples, seed=args.seed, device=device,

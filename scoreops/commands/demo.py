@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> Path:
     # resume: a rerun reuses (or finishes) the training of an earlier one.
     train.train(train.TrainConfig(dataset="digits", steps=args.train_steps, save_every=args.train_steps,
                                   out=str(run_dir), resume=True, seed=args.seed, device=str(device)))
-    model, config, sde, shape = load_run(str(run_dir), False, device)
+    model, config, sde, shape = load_run(str(run_dir), False, device, args.compile)
 
     print("2/4 sampling with the paper's four samplers and the few-step samplers", flush=True)
     samples_dir = output_folder(out / "samples")

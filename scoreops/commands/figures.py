@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> Path:
     from ..evaluation.figures import make_figures
 
     device = default_device(args.device)
-    model, config, sde, _ = load_run(args.checkpoint, args.raw_weights, device)
+    model, config, sde, _ = load_run(args.checkpoint, args.raw_weights, device, args.compile)
     out = output_folder(args.out)
     runs = loss_runs(args.checkpoint) if args.loss_runs is None else args.loss_runs
     make_figures(model, sde, data_images(config, args.data_dir), out, loss_runs=runs, steps=args.steps,

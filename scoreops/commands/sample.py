@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> Path:
     with distributed.process_group(args.device) as (rank, world_size, device):
         if args.num_samples < world_size:
             raise ValueError(f"--num-samples {args.num_samples} is fewer than the {world_size} processes")
-        model, _, sde, shape = load_run(args.checkpoint, args.raw_weights, device)
+        model, _, sde, shape = load_run(args.checkpoint, args.raw_weights, device, args.compile)
         out = output_folder(args.out)
         offset, count = distributed.shard(args.num_samples, rank, world_size)
         steps = args.steps or (DEFAULT_FEW_STEPS if args.sampler in FEW_STEP_SAMPLERS else 500)
