@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "brownian.h"
 #include "ops.h"
 
 extern "C" {
@@ -138,7 +139,7 @@ void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step
 }
 
 int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                         const at::Tensor& step) {
+                         const at::Tensor& step, const std::optional<at::Tensor>& path, int64_t depth) {
   constexpr const char* op = "sigma_step";
   check_batch(op, x, "x");
   const auto k = static_cast<int64_t>(terms.size());
@@ -154,6 +155,15 @@ int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Te
                     ",) = (a, one per term, e) for ", k, " terms, got shape ", coefs.sizes());
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
+  if (path.has_value()) {
+    const at::Tensor& p = *path;
+    TORCH_CHECK_TYPE(p.scalar_type() == at::kLong, op, ": path must be an int64 tensor, got ", p.scalar_type());
+    TORCH_CHECK_VALUE(p.device() == x.device(), op, ": path is on ", p.device(), " but x is on ", x.device());
+    TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) >= 2, op, ": path must be a 1-D table of at least 2 tree "
+                      "coordinates (one per grid point), got shape ", p.sizes());
+    TORCH_CHECK_VALUE(depth >= 0 && depth <= kMaxBrownianDepth, op, ": depth must be in [0, ", kMaxBrownianDepth,
+                      "], got ", depth);
+  }
   return k;
 }
 
@@ -196,7 +206,7 @@ TORCH_LIBRARY(scoreops, m) {
   m.def("sample_sq_norms(Tensor s, Tensor seed, Tensor step, int lane, int sample_offset, bool with_noise) -> Tensor");
   m.def(
       "sigma_step(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int lane, int sample_offset, "
-      "bool add_noise) -> Tensor");
+      "bool add_noise, Tensor? path=None, int depth=0) -> Tensor");
   m.def(
       "adaptive_sde_step(Tensor x, Tensor x_low, Tensor x_prev, Tensor s, Tensor a, Tensor b, Tensor seed, "
       "Tensor step, int lane, int sample_offset, float atol, float rtol) -> (Tensor, Tensor)");

@@ -1,10 +1,12 @@
 // CPU kernel of the sigma-space step (sigma_step): out = a x + sum_k b_k terms[k] + e z. Work is
-// split into tiles of one sample's elements, each making its own noise, as in step.cpp.
+// split into tiles of one sample's elements, each making its own noise, as in step.cpp; z is the
+// stream's normal, or with a path the Brownian tree's increment over the step (brownian.h).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "brownian.h"
 #include "cpu/cpu_kernels.h"
 
 namespace scoreops::cpu {
@@ -24,9 +26,27 @@ void axpy(float a, const float* x, int64_t n, float* __restrict acc) {
   }
 }
 
+// The node normals of elements [begin, begin + n) of one sample: the stream's, with the node as
+// the step word and the tree's own lane.
+struct TileNormals {
+  int64_t seed, sample, begin, n;
+
+  void operator()(uint32_t node, float* z) const {
+    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
+  }
+};
+
+// The Brownian increment of one tile into z; the elementwise loops are cloned per ISA here.
+SCOREOPS_CPU_CLONES
+void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
+                    float* z) {
+  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
+}
+
 template <typename scalar_t>
 void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::vector<const scalar_t*>& terms,
-                     const std::vector<float>& coefs, const StreamArgs& noise, bool add_noise, scalar_t* out) {
+                     const std::vector<float>& coefs, const StreamArgs& noise, bool add_noise,
+                     const BrownianWalk* walk, scalar_t* out) {
   const int64_t k = static_cast<int64_t>(terms.size());
   for_each_tile(batch, dim, [&](int64_t, const Tile& t) {
     float buf[kTile], acc[kTile];
@@ -37,16 +57,37 @@ void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::v
       axpy(coefs[1 + j], load_floats(terms[j] + offset, t.size, buf), t.size, acc);
     }
     if (add_noise) {
-      fill_normals(noise.key(t.row), t.begin, t.size, buf);
+      if (walk != nullptr) {
+        float delta[kTile], scratch[kTile], part[kTile];
+        const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
+        tile_increment(*walk, normals, delta, scratch, part, buf);
+      } else {
+        fill_normals(noise.key(t.row), t.begin, t.size, buf);
+      }
       axpy(coefs[1 + k], buf, t.size, acc);
     }
     store_floats(acc, t.size, out + offset);
   });
 }
 
+// The walk of step `step` of the path table: from path[step] to path[step + 1], read on the host.
+BrownianWalk host_walk(const at::Tensor& path, int64_t step, int64_t depth) {
+  const int64_t points = path.size(0);
+  TORCH_CHECK_VALUE(step >= 0 && step + 1 < points, "sigma_step: step ", step, " has no interval in the path table of ",
+                    points, " points");
+  const at::Tensor p = path.contiguous();
+  const int64_t q_from = p.const_data_ptr<int64_t>()[step], q_to = p.const_data_ptr<int64_t>()[step + 1];
+  const BrownianWalk walk = brownian_walk(q_from, q_to, depth);
+  TORCH_CHECK_VALUE(walk.valid, "sigma_step: path[", step, "] = ", q_from, " and path[", step + 1, "] = ", q_to,
+                    " must be distinct tree coordinates in [0, 2**depth = ", int64_t{1} << depth,
+                    "] (-1 marks a grid point at sigma = 0, which takes no noise)");
+  return walk;
+}
+
 at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise) {
-  const int64_t k = check_sigma_step(x, terms, coefs, seed, step);
+                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                      const std::optional<at::Tensor>& path, int64_t depth) {
+  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth);
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) {
     return out;
@@ -58,6 +99,10 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   }
   const std::vector<float> cv(cc.const_data_ptr<float>(), cc.const_data_ptr<float>() + k + 2);
   const StreamArgs noise = host_stream_args(seed, step, lane, sample_offset);
+  std::optional<BrownianWalk> walk;
+  if (add_noise && path.has_value()) {
+    walk = host_walk(*path, noise.step, depth);
+  }
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {
     std::vector<const scalar_t*> tp;
@@ -65,7 +110,7 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
       tp.push_back(t.const_data_ptr<scalar_t>());
     }
     sigma_step_rows<scalar_t>(batch, dim, xc.const_data_ptr<scalar_t>(), tp, cv, noise, add_noise,
-                              out.mutable_data_ptr<scalar_t>());
+                              walk ? &*walk : nullptr, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }

@@ -1,13 +1,18 @@
-// The sigma-space samplers' fused update (sigma_step): out = a x + sum_k b_k terms[k] + e z.
+// The sigma-space samplers' fused update (sigma_step): out = a x + sum_k b_k terms[k] + e z, z the
+// stream's normal or, with a path table, the Brownian tree's increment over the step (brownian.h).
 //
 // CUDA kernel of scoreops._C. It runs on the current stream and reads coefs, seed and step from
 // device memory, so a captured CUDA graph replays new coefficients and draws new noise without a
-// host sync (cuda_kernels.h holds the shared parts).
+// host sync (cuda_kernels.h holds the shared parts). The tree coordinates of the step,
+// path[step] and path[step + 1], are read on the device too; a step outside the table or an
+// invalid pair gives NaN, which the samplers refuse at the end.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
+#include "brownian.h"
 #include "cuda/cuda_kernels.h"
 
 namespace scoreops::cuda {
@@ -20,12 +25,27 @@ struct Terms {
   int count;
 };
 
+// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise).
+struct Path {
+  const int64_t* q;
+  int64_t points;
+  int64_t depth;
+};
+
 // One thread per group of 4 elements of one sample, as sde_step_kernel, so one Philox call gives
-// the group's normals. coefs = (a, b_0, ..., b_{count-1}, e) in device memory.
+// the group's normals (or one node's normals, on the Brownian path). coefs = (a, b_0, ...,
+// b_{count-1}, e) in device memory.
 template <typename scalar_t, bool kVec>
 __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, const float* coefs, Noise noise,
-                                  bool add_noise, int64_t batch, int64_t dim, int64_t groups, scalar_t* out) {
+                                  bool add_noise, Path path, int64_t batch, int64_t dim, int64_t groups,
+                                  scalar_t* out) {
   const NoiseKeys keys(noise);
+  // The step's walk through the tree: the same for every thread.
+  BrownianWalk walk{};
+  if (add_noise && path.q != nullptr) {
+    const bool inside = keys.step >= 0 && keys.step + 1 < path.points;
+    walk = inside ? brownian_walk(path.q[keys.step], path.q[keys.step + 1], path.depth) : BrownianWalk{};
+  }
   // Read once per thread. Unrolled over every slot with a guard: constant indices keep b in
   // registers and the term table in the parameter space, where a loop to terms.count would copy
   // them to the stack.
@@ -60,7 +80,13 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
     }
     if (add_noise) {
       float z[4];
-      keys.normals(i, g, z);
+      if (path.q != nullptr) {
+        float delta[4], scratch[4], part[4];
+        const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
+        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z);
+      } else {
+        keys.normals(i, g, z);
+      }
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         acc[k] = acc[k] + e * z[k];
@@ -71,8 +97,9 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
 }
 
 at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise) {
-  const int64_t k = check_sigma_step(x, terms, coefs, seed, step);
+                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                      const std::optional<at::Tensor>& path, int64_t depth) {
+  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) {
@@ -86,6 +113,8 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   }
   const int64_t batch = x.size(0), dim = per_sample_numel(x), groups = (dim + 3) / 4;
   const Noise noise = make_noise(seed, step, lane, sample_offset);
+  const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
+  const Path tree{pc.defined() ? pc.const_data_ptr<int64_t>() : nullptr, pc.defined() ? pc.size(0) : 0, depth};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {
     Terms<scalar_t> tt{};
@@ -100,11 +129,11 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
     const float* cp = cc.const_data_ptr<float>();
     const int grid = grid_for(batch * groups);
     if (vec) {
-      sigma_step_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(xp, tt, cp, noise, add_noise, batch, dim,
-                                                                        groups, op);
+      sigma_step_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(xp, tt, cp, noise, add_noise, tree, batch,
+                                                                        dim, groups, op);
     } else {
-      sigma_step_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(xp, tt, cp, noise, add_noise, batch, dim,
-                                                                         groups, op);
+      sigma_step_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(xp, tt, cp, noise, add_noise, tree, batch,
+                                                                         dim, groups, op);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -77,6 +77,26 @@ def stream_normals(seed_ptr, step_ptr, lane, sample_offset, sample, group):
     Words (w0, w1) make normals 0 and 1, words (w2, w3) normals 2 and 3.
     """
     w0, w1, w2, w3 = stream_words(seed_ptr, step_ptr, lane, sample_offset, sample, group)
+    return words_to_normals(w0, w1, w2, w3, group)
+
+
+@triton.jit
+def counter_normals(seed, sample_word, step_word, lane_word, group):
+    """float32 normals ``[G, 4]`` of counters ``(group, sample_word, step_word, lane_word)`` under the
+    64-bit key ``seed`` (a value, not a pointer): the stream's normals with any step and lane words,
+    which may be runtime values (the Brownian tree's node numbers). ``sample_word``: uint32,
+    scalar or length G; ``step_word``, ``lane_word``: uint32 scalars."""
+    c0 = group.to(tl.uint32)
+    c1 = tl.broadcast_to(sample_word.to(tl.uint32), c0.shape)
+    c2 = tl.broadcast_to(step_word.to(tl.uint32), c0.shape)
+    c3 = tl.broadcast_to(tl.cast(lane_word, tl.uint32), c0.shape)
+    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+    return words_to_normals(w0, w1, w2, w3, group)
+
+
+@triton.jit
+def words_to_normals(w0, w1, w2, w3, group):
+    """The ``[G, 4]`` normals of the four words of each group (rows as :func:`stream_normals`)."""
     # Side by side, pairs (w0, w1) and (w2, w3) go through one Box-Muller call on [G, 2] tiles.
     n_cos, n_sin = box_muller(tl.join(uniform(w0), uniform(w2)), tl.join(uniform(w1), uniform(w3)))
     # join -> [G, 2, 2] with [r, m, 0] = n_cos[r, m] and [r, m, 1] = n_sin[r, m]: rows read n0 n1 n2 n3.

@@ -4,7 +4,9 @@ Euler, Heun, DPM-Solver++, iPNDM and UniPC all step by a linear combination of t
 states and denoiser outputs, plus fresh noise; one pass reads them and writes the result. The
 terms are separate pointer arguments, up to :data:`scoreops.core.checks.MAX_TERMS` (8), as the
 stages of :mod:`.rk`, so nothing is stacked or copied. The coefficients are read from a device
-tensor, so a captured CUDA graph replays new values without a host sync.
+tensor, so a captured CUDA graph replays new values without a host sync. The noise is the
+stream's normal, or with a path table the Brownian tree's increment over the step
+(:mod:`.brownian`), whose coordinates are read on the device too.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
+from scoreops.core.brownian import MAX_DEPTH
 from scoreops.core.checks import MAX_TERMS, check_batched, check_float
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, mul, round_to,
                       sample_groups, triton_op, wrap_triton)
+from .brownian import path_increment
 from .philox import stream_normals
 
 
@@ -27,14 +31,16 @@ def add_term(acc, t_ptr, coefs_ptr, offs, mask, K: tl.constexpr, USED: tl.conste
     return acc
 
 
-@triton.jit(do_not_specialize=["lane", "sample_offset"])
+@triton.jit(do_not_specialize=["lane", "sample_offset", "points", "depth"])
 def sigma_step_kernel(out_ptr, x_ptr, t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr, seed_ptr, step_ptr, lane,
-                      sample_offset, numel, groups, pairs, N_TERMS: tl.constexpr, ADD_NOISE: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      sample_offset, path_ptr, points, depth, numel, groups, pairs, N_TERMS: tl.constexpr,
+                      ADD_NOISE: tl.constexpr, BROWNIAN: tl.constexpr, BLOCK: tl.constexpr):
     """``out = a*x + sum_{k < N_TERMS} b_k*t_k + e*z`` (no ``e*z`` without ADD_NOISE) in float32,
     accumulated in that order and stored in out's dtype; ``coefs = (a, b_0, ..., b_{N_TERMS-1}, e)``.
 
-    x, the terms and out are contiguous (batch, numel); z is the stream's normal of each element.
+    x, the terms and out are contiguous (batch, numel); z is the stream's normal of each element,
+    or with BROWNIAN the tree's increment from ``path[step]`` to ``path[step + 1]`` (a table of
+    ``points`` int64 coordinates, tree depth ``depth``).
     Row r of the tile is pair ``p``: group ``g`` (elements 4g..4g+3) of sample ``i``,
     ``(i, g) = divmod(p, groups)``, as in ``sde_step_kernel``.
     """
@@ -54,7 +60,10 @@ def sigma_step_kernel(out_ptr, x_ptr, t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr,
     acc = add_term(acc, t6, coefs_ptr, offs, mask, 6, N_TERMS > 6)
     acc = add_term(acc, t7, coefs_ptr, offs, mask, 7, N_TERMS > 7)
     if ADD_NOISE:
-        z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
+        if BROWNIAN:
+            z = path_increment(seed_ptr, sample_offset, i, g, step_ptr, path_ptr, points, depth)
+        else:
+            z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
         acc = acc + mul(tl.load(coefs_ptr + 1 + N_TERMS), z)
     tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask)
 
@@ -71,9 +80,26 @@ def _check_coefs(coefs: torch.Tensor, k: int, x: torch.Tensor) -> None:
                          f"got shape {tuple(coefs.shape)}")
 
 
+def _check_path(path: torch.Tensor | None, depth: int, x: torch.Tensor) -> None:
+    """path is None or a 1-D int64 table of at least 2 coordinates on x's device, 0 <= depth <= 32."""
+    if path is None:
+        return
+    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
+        raise TypeError(f"triton_sigma_step: path must be an int64 tensor, got "
+                        f"{path.dtype if isinstance(path, torch.Tensor) else type(path).__name__}")
+    if path.device != x.device:
+        raise ValueError(f"triton_sigma_step: path is on {path.device} but x is on {x.device}")
+    if path.dim() != 1 or path.shape[0] < 2:
+        raise ValueError(f"triton_sigma_step: path must be a 1-D table of at least 2 tree coordinates (one per grid "
+                         f"point), got shape {tuple(path.shape)}")
+    if not 0 <= depth <= MAX_DEPTH:
+        raise ValueError(f"triton_sigma_step: depth must be in [0, {MAX_DEPTH}], got {depth}")
+
+
 @triton_op("scoreops::triton_sigma_step", mutates_args=())
 def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, seed: torch.Tensor,
-               step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+               step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool,
+               path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
     """The fused update ``a*x + sum_k b_k*terms[k] + e*z``, z the stream's normals (no ``e*z``
     without add_noise), with ``coefs = (a, b_0, ..., b_{K-1}, e)``.
 
@@ -84,6 +110,10 @@ def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, 
         seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
         lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
         add_noise: False drops ``e*z`` (e is then ignored).
+        path, depth: None for the stream's normals; else an int64 table of Brownian-tree
+            coordinates on x's device and the tree's depth: z is the increment from
+            ``path[step]`` to ``path[step + 1]``, read on the device (NaN where they are not two
+            distinct points of the tree, or the table has no interval ``step``).
     Returns:
         A new contiguous tensor of x's shape and dtype, accumulated in float32 in the order
         ``a*x``, then each term, then the noise.
@@ -94,6 +124,7 @@ def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, 
     for k, t in enumerate(terms):
         check_float(f"terms[{k}]", t, like=x)
     _check_coefs(coefs, len(terms), x)
+    _check_path(path, depth, x)
     check_device("x", x)
     check_counters(seed, step, x.device)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -106,5 +137,7 @@ def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, 
     block = block_size(pairs, BLOCK_PAIRS)
     wrap_triton(sigma_step_kernel)[(triton.cdiv(pairs, block),)](
         out, x, *t_args, coefs.contiguous(), seed, step, lane & UINT32_MASK, sample_offset & UINT32_MASK,
-        numel, groups, pairs, N_TERMS=len(terms), ADD_NOISE=add_noise, BLOCK=block)
+        seed if path is None else path.contiguous(), 0 if path is None else path.shape[0], depth,
+        numel, groups, pairs, N_TERMS=len(terms), ADD_NOISE=add_noise,
+        BROWNIAN=add_noise and path is not None, BLOCK=block)
     return out

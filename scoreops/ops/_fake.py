@@ -52,8 +52,8 @@ def _sample_sq_norms(s, seed, step, lane, sample_offset, with_noise):
 
 
 @torch.library.register_fake("scoreops::sigma_step")
-def _sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise):
-    _same_device(x, terms, coefs, seed, step)
+def _sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
+    _same_device(x, terms, coefs, seed, step, *([] if path is None else [path]))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

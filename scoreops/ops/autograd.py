@@ -11,7 +11,8 @@ and Triton ops the same gradients, so that a kernel backend can run under autogr
 * ``rk_combine``: ``y + h * sum_j c_j k_j`` is linear in y and every k_j.
 * ``sigma_step``: ``a*x + sum_k b_k*terms[k] + e*z`` is linear in x and every term, and in the
   coefficients, whose gradients are the per-call sums ``sum(g*x)``, ``sum(g*terms[k])`` and
-  ``sum(g*z)`` (z made again from the stream, as for ``sde_step``).
+  ``sum(g*z)`` (z made again from the stream, as for ``sde_step``; with a Brownian path, by the
+  op itself with coefficients (0, 1), so the increment is the forward pass's to the bit).
 
 ``rk_error_sq`` (a max and absolute values, used only to choose step sizes) and the raw stream
 ops have no gradient. Gradients are computed in float32 and returned in each input's dtype.
@@ -82,12 +83,22 @@ def _rk_combine_backward(ctx, grad):
 
 
 def _sigma_step_setup(ctx, inputs, output) -> None:
-    x, terms, coefs, seed, step, lane, sample_offset, add_noise = inputs
+    x, terms, coefs, seed, step, lane, sample_offset, add_noise, path, depth = inputs
     ctx.save_for_backward(x, coefs, seed, step, *terms)
     ctx.stream = (lane, sample_offset, add_noise)
+    ctx.path = (path, depth)  # an int64 table: no gradient
 
 
-def _sigma_step_backward(philox_normal):
+def _sigma_step_backward(philox_normal, sigma_step):
+    def noise(ctx, seed, step, batch, numel, device):
+        lane, sample_offset, _ = ctx.stream
+        path, depth = ctx.path
+        if path is None:
+            return philox_normal(seed, step, lane, sample_offset, batch, numel)
+        zeros = torch.zeros(batch, numel, dtype=torch.float32, device=device)
+        unit = torch.tensor([0.0, 1.0], dtype=torch.float32, device=device)
+        return sigma_step(zeros, [], unit, seed, step, lane, sample_offset, True, path, depth)
+
     def backward(ctx, grad):
         x, coefs, seed, step, *terms = ctx.saved_tensors
         lane, sample_offset, add_noise = ctx.stream
@@ -105,11 +116,11 @@ def _sigma_step_backward(philox_normal):
         if need_coefs:
             sums = [(g * v.float().reshape(batch, -1)).sum() for v in (x, *terms)]
             if add_noise and g.numel():
-                sums.append((g * philox_normal(seed, step, lane, sample_offset, batch, g.shape[1])).sum())
+                sums.append((g * noise(ctx, seed, step, batch, g.shape[1], g.device)).sum())
             else:  # e is ignored without noise
                 sums.append(g.new_zeros(()))
             grad_coefs = torch.stack(sums).to(coefs.dtype)
-        return grad_x, grad_terms, grad_coefs, None, None, None, None, None
+        return grad_x, grad_terms, grad_coefs, None, None, None, None, None, None, None
     return backward
 
 
@@ -122,7 +133,8 @@ def _register(prefix: str) -> None:
     torch.library.register_autograd(f"scoreops::{prefix}rk_combine", _rk_combine_backward,
                                     setup_context=_rk_combine_setup)
     torch.library.register_autograd(f"scoreops::{prefix}sigma_step", _sigma_step_backward(
-        getattr(ops, f"{prefix}philox_normal")), setup_context=_sigma_step_setup)
+        getattr(ops, f"{prefix}philox_normal"), getattr(ops, f"{prefix}sigma_step")),
+        setup_context=_sigma_step_setup)
 
 
 def register_triton_autograd() -> None:

@@ -3,6 +3,8 @@
 Every update of those samplers is a linear combination of the state, earlier states and denoiser
 outputs, plus fresh noise (docs/design.md, "Few-step samplers"); the per-step coefficients are
 tabulated once in float64 on the host and read from a device tensor, so the loop has no host sync.
+The noise is the stream's normal per step, or the normalised increment of a Brownian path over the
+step (:mod:`scoreops.core.brownian`), whose tree coordinates are read from a device table too.
 """
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from typing import Sequence
 
 import torch
 
-from ..core.checks import MAX_TERMS, as_counter, check_batched, check_float
+from ..core.brownian import MAX_DEPTH
+from ..core.checks import MAX_TERMS, as_counter, check_batched, check_float, check_int
 from .backends import implementation, resolve_backend
 
 
 def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tensor, *, seed=0, step=0,
-               lane: int = 0, sample_offset: int = 0, add_noise: bool = False,
-               backend: str = "auto") -> torch.Tensor:
+               lane: int = 0, sample_offset: int = 0, add_noise: bool = False, path: torch.Tensor | None = None,
+               depth: int = 0, backend: str = "auto") -> torch.Tensor:
     """``a*x + sum_k b_k*terms[k] + e*z`` in one pass, z ~ N(0, I) from the noise stream.
 
     Args:
@@ -26,7 +29,15 @@ def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tens
         coefs: float32 tensor of shape (K + 2,) on x's device: ``(a, b_0, ..., b_{K-1}, e)``.
             It stays on the device: a kernel reads it there, so a CUDA graph replays new values.
         seed, step, lane, sample_offset: the stream key, as in :func:`scoreops.ops.sde_step`.
-        add_noise: draw z and add ``e*z``; False ignores e.
+        add_noise: draw z and add ``e*z``; False ignores e (and path).
+        path: None for the stream's i.i.d. normals; else the Brownian tree's int64 table of
+            coordinates, one per grid point (:meth:`scoreops.core.brownian.BrownianTree.grid_table`),
+            on x's device: z is then the normalised increment from ``q = path[step]`` to
+            ``path[step + 1]`` (:func:`scoreops.core.brownian.brownian_increment`), made in the kernel
+            from (seed, sample, element) alone, so ``lane`` is unused. The kernels read both
+            coordinates on the device; the CPU kernel and the torch reference refuse a step
+            outside the table or an invalid pair, the CUDA and Triton kernels give NaN.
+        depth: the tree's depth L, 0 <= L <= 32 (with path).
         backend: see :mod:`scoreops.ops`.
     Returns:
         A new contiguous tensor of x's shape and dtype.
@@ -44,5 +55,25 @@ def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tens
     if coefs.device != x.device:
         raise ValueError(f"coefs is on {coefs.device} but x is on {x.device}")
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
+    depth = check_path(path, depth, x.device)
     impl = resolve_backend(backend, x.device)
-    return implementation("sigma_step", impl)(x, list(terms), coefs, seed, step, lane, sample_offset, add_noise)
+    return implementation("sigma_step", impl)(x, list(terms), coefs, seed, step, lane, sample_offset, add_noise,
+                                              path, depth)
+
+
+def check_path(path, depth, device: torch.device) -> int:
+    """path is None or a 1-D int64 table of at least 2 tree coordinates on ``device``; returns depth,
+    an int in [0, MAX_DEPTH] (0 without a path)."""
+    depth = check_int("depth", depth, 0)
+    if path is None:
+        return depth
+    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
+        raise TypeError(f"path must be an int64 tensor, got {getattr(path, 'dtype', type(path).__name__)}")
+    if path.dim() != 1 or path.shape[0] < 2:
+        raise ValueError(f"path must be a 1-D table of at least 2 tree coordinates (one per grid point), "
+                         f"got shape {tuple(path.shape)}")
+    if path.device != device:
+        raise ValueError(f"path is on {path.device} but x is on {device}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be in [0, {MAX_DEPTH}], got {depth}")
+    return depth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import noise
+from ..core import brownian, noise
 from ..core.checks import coef_layout
 
 
@@ -56,9 +56,25 @@ def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise
     return out.reshape(x.shape).to(x.dtype)
 
 
-def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+def brownian_noise_like(x: torch.Tensor, seed, step, sample_offset: int, path: torch.Tensor,
+                        depth: int) -> torch.Tensor:
+    """The Brownian tree's normalised increments from ``path[step]`` to ``path[step + 1]`` for a batch
+    shaped like x, as float32 (B, D). Reads the step and the two coordinates on the host: the
+    reference only, which a CUDA graph cannot capture."""
+    k, points = _host_counter(step), path.shape[0]
+    if not 0 <= k < points - 1:
+        raise ValueError(f"sigma_step: step {k} has no interval in the path table of {points} points")
+    q_from, q_to = path[k:k + 2].tolist()
+    b = x.shape[0]
+    return brownian.brownian_increment(_host_counter(seed), q_from, q_to, depth, b, x.numel() // b, sample_offset,
+                                       x.device)
+
+
+def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_noise: bool,
+               path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
     """``a*x + sum_k b_k*terms[k] + e*z`` with ``coefs = (a, b_0, ..., b_{K-1}, e)``, z from the stream
-    (dropped unless add_noise); float32, accumulated in that order, result in x's dtype."""
+    (dropped unless add_noise), or with ``path`` the Brownian increment over the step
+    (:func:`brownian_noise_like`); float32, accumulated in that order, result in x's dtype."""
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     c = coefs.to(torch.float32)
@@ -66,7 +82,9 @@ def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_n
     for k, term in enumerate(terms):
         out = out + c[1 + k] * term.reshape(out.shape).to(torch.float32)
     if add_noise:
-        out = out + c[len(terms) + 1] * stream_noise_like(x, seed, step, lane, sample_offset)
+        z = (stream_noise_like(x, seed, step, lane, sample_offset) if path is None else
+             brownian_noise_like(x, seed, step, sample_offset, path, depth))
+        out = out + c[len(terms) + 1] * z
     return out.reshape(x.shape).to(x.dtype)
 
 

@@ -1,0 +1,132 @@
+"""The virtual Brownian tree's increment in Triton: :mod:`scoreops.core.brownian` (and
+``csrc/brownian.h``) as a device function of the fused steps.
+
+The walk through the tree depends only on the step's two coordinates and the depth, which every
+program loads alike, so its loops have uniform bounds and its branches uniform conditions; only
+the node normals and the running sums are per element. The reference's early returns become loop
+bounds: a descent towards point q stops at the first level where q is the left end of its node,
+``max(level, L - tz(q))`` (tz: trailing zero bits). Products are rounded on their own
+(:func:`~._common.mul`) and the weights formed in float64 and rounded once, as the reference
+rounds them, so given the same node normals the increment is the reference's to the bit.
+"""
+from __future__ import annotations
+
+import math
+
+import triton
+import triton.language as tl
+
+from scoreops.core import brownian
+
+from ._common import mul
+from .philox import counter_normals
+
+BROWNIAN_LANE = tl.constexpr(brownian.BROWNIAN_LANE)
+SQRT_HALF = tl.constexpr(math.sqrt(0.5))
+
+
+@triton.jit
+def _node_normals(seed, sample_word, node, group):
+    """``[G, 4]`` normals of tree node ``node`` (int64 scalar) for each group's elements."""
+    return counter_normals(seed, sample_word, node.to(tl.uint32), BROWNIAN_LANE, group)
+
+
+@triton.jit
+def _halves(delta, z):
+    """The normalised increments of a node's left and right halves."""
+    return (delta + z) * SQRT_HALF, (delta - z) * SQRT_HALF
+
+
+@triton.jit
+def _weight(depth_left, weight):
+    """float32 ``sqrt(2**depth_left) * weight``, formed in float64 (a piece 2**depth_left leaves wide)."""
+    width = tl.full((), 1, tl.int64) << depth_left
+    return (tl.sqrt(width.to(tl.float64)) * weight).to(tl.float32)
+
+
+@triton.jit
+def _trailing_zeros(q, depth):
+    """Trailing zero bits of the L-bit code q (int64 scalar); L for q = 0."""
+    tz = depth + tl.zeros((), tl.int32)
+    for d in range(0, depth):
+        if ((q >> (depth - 1 - d)) & 1) != 0:
+            tz = depth - 1 - d
+    return tz
+
+
+@triton.jit
+def brownian_increment(seed_ptr, sample_offset, sample, group, q_from, q_to, depth, valid):
+    """float32 ``[G, 4]``: the normalised increments ``(W(t_to) - W(t_from)) / sqrt|t_to - t_from|``
+    of the elements ``4 * group + 0..3`` of samples ``sample_offset + sample``.
+
+    ``q_from``, ``q_to``: int64 scalars, the step's tree coordinates; ``depth``: L in [0, 32];
+    ``valid``: False (or coordinates that are not two distinct points of the tree) gives NaN.
+    Node n's normal of element j is the stream's with counter ``(j // 4, sample, n, BROWNIAN_LANE)``.
+    """
+    seed = tl.load(seed_ptr)
+    sample_word = tl.cast(sample_offset, tl.uint32) + sample.to(tl.uint32)
+    top = tl.full((), 1, tl.int64) << depth
+    valid = valid & (q_from >= 0) & (q_to >= 0) & (q_from <= top) & (q_to <= top) & (q_from != q_to)
+    negate = q_to < q_from
+    # An invalid pair walks a harmless dummy interval, then reads NaN.
+    a = tl.where(valid, tl.minimum(q_from, q_to), 0)
+    b = tl.where(valid, tl.maximum(q_from, q_to), top)
+    weight = 1.0 / tl.sqrt((b - a).to(tl.float64))  # float64: sqrt.rn, div.rn
+
+    delta = _node_normals(seed, sample_word, tl.full((), 0, tl.int64), group)  # node 1's increment
+    node = tl.full((), 1, tl.int64)
+    level = tl.zeros((), tl.int32)
+    acc = tl.zeros_like(delta)  # the part from the parting node's midpoint to b
+    if b != top:
+        # The levels both descents share.
+        shared = tl.zeros((), tl.int32)
+        for d in range(0, depth):
+            if (a >> (depth - 1 - d)) == (b >> (depth - 1 - d)):
+                shared = d + 1
+        for d in range(0, shared):
+            bit = (a >> (depth - 1 - d)) & 1
+            lo, hi = _halves(delta, _node_normals(seed, sample_word, node, group))
+            delta = tl.where(bit != 0, hi, lo)
+            node = 2 * node + bit
+        # The parting node: a walks its left half, b its right half.
+        lo, hi = _halves(delta, _node_normals(seed, sample_word, node, group))
+        delta = lo
+        level = shared + 1
+        right = 2 * node + 1
+        stop_b = tl.maximum(level, depth - _trailing_zeros(b, depth))
+        for d in range(level, stop_b):
+            bit = (b >> (depth - 1 - d)) & 1
+            lo, hi = _halves(hi, _node_normals(seed, sample_word, right, group))
+            if bit != 0:
+                acc = acc + mul(_weight(depth - d - 1, weight), lo)
+            hi = tl.where(bit != 0, hi, lo)
+            right = 2 * right + bit
+        node = 2 * node
+    # From a to the right end of the current node: the right halves where a goes left, then the
+    # node a is the left end of.
+    out = tl.zeros_like(delta)
+    stop_a = tl.maximum(level, depth - _trailing_zeros(a, depth))
+    for d in range(level, stop_a):
+        bit = (a >> (depth - 1 - d)) & 1
+        lo, hi = _halves(delta, _node_normals(seed, sample_word, node, group))
+        if bit == 0:
+            out = out + mul(_weight(depth - d - 1, weight), hi)
+        delta = tl.where(bit != 0, hi, lo)
+        node = 2 * node + bit
+    out = out + mul(_weight(depth - stop_a, weight), delta)
+    out = out + acc
+    out = tl.where(negate, -out, out)
+    return tl.where(valid, out, float("nan"))
+
+
+@triton.jit
+def path_increment(seed_ptr, sample_offset, sample, group, step_ptr, path_ptr, points, depth):
+    """:func:`brownian_increment` of the step ``k = *step_ptr``, from ``path[k]`` to ``path[k + 1]``
+    (both read on the device); NaN where the table of ``points`` entries has no interval k."""
+    k = tl.load(step_ptr)
+    inside = (k >= 0) & (k < points - 1)
+    k = tl.where(inside, k, 0)
+    q_from = tl.load(path_ptr + k)
+    q_to = tl.load(path_ptr + k + 1)
+    return brownian_increment(seed_ptr, sample_offset, sample, group, q_from, q_to, depth, inside)
+
