@@ -11,6 +11,8 @@ at std(eps). Either way every sampler here takes ``num_steps`` score evaluations
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..core.checks import check_bool, check_choice, check_int
@@ -46,6 +48,10 @@ def sigma_grid(marginal_prob_std, num_steps: int = 20, eps: float = 1e-3, *, sch
 def _sample(core, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, schedule,
             sigmas, rho, denoise, shape, seed, x_T, sample_offset, backend, cuda_graph, progress, **options):
     """The wrappers' common body: grid, denoiser and starting sample, then the sigma-space sampler."""
+    for name in ("noise", "brownian_tol"):
+        if name in options and name not in inspect.signature(core).parameters:
+            raise ValueError(f"{core.__name__} takes no {name}=: it draws no noise over the grid's intervals; "
+                             f"the samplers that do are {', '.join(_NOISY)}")
     denoise = check_bool("denoise", denoise)
     if sigmas is None:
         grid = sigma_grid(marginal_prob_std, num_steps, eps, schedule=schedule, rho=rho, denoise=denoise)
@@ -109,3 +115,5 @@ dpmpp_2m_sde_sample = _wrapper(sigma_space.sample_dpmpp_2m_sde, "dpmpp_2m_sde_sa
 dpmpp_3m_sde_sample = _wrapper(sigma_space.sample_dpmpp_3m_sde, "dpmpp_3m_sde_sample", "num_steps")
 ipndm_sample = _wrapper(sigma_space.sample_ipndm, "ipndm_sample", "num_steps")
 unipc_sample = _wrapper(sigma_space.sample_unipc, "unipc_sample", "num_steps")
+# The wrappers whose sampler takes noise="iid" | "brownian".
+_NOISY = ("euler_ancestral_sample", "dpmpp_2m_sde_sample", "dpmpp_3m_sde_sample")

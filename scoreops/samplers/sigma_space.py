@@ -11,6 +11,13 @@ does not depend on the batch it is drawn in. A score model becomes a denoiser th
 
 Score evaluations (NFE) for a grid of N steps ending at 0: N for every sampler but Heun, which
 takes 2N - 1 (its step to 0 is a single Euler step).
+
+The stochastic samplers whose noise covers the grid's intervals (Euler ancestral, DPM-Solver++(2M)
+and (3M) SDE) can draw it from one Brownian path instead (``noise="brownian"``, k-diffusion's
+``BrownianTreeNoiseSampler``): z of step i is the normalised increment of W from sigma_i to
+sigma_{i+1} (:mod:`scoreops.core.brownian`), W a fixed function of (seed, sample, element, sigma).
+On one grid the law is the same; across grids through the same points the increments agree, so
+the same seed with 20 and 40 steps gives nearly the same samples.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..core import noise
+from ..core.brownian import DEFAULT_TOL, BrownianTree
 from ..core.checks import check_batched, check_choice, check_int, check_sample_range
 from . import cuda_graph as graphs
 from . import sigma_updates as U
@@ -29,6 +37,8 @@ from .inputs import checked, seed_tensor
 from .loop import aligned_rows
 
 SOLVER_TYPES = ("midpoint", "heun")
+#: The step noise of the stochastic samplers: i.i.d. normals per step, or a Brownian path's increments.
+NOISE_KINDS = ("iid", "brownian")
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
@@ -95,6 +105,7 @@ class _Run:
         self._first = checked(denoiser, "denoiser")
         self._denoiser = denoiser
         self._calls = 0
+        self.path, self.depth = None, 0  # i.i.d. noise until noise_from() says otherwise
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         self.buffers.append(rows)
@@ -117,10 +128,28 @@ class _Run:
         self.control.append(tuple(noisy))
         return self._keep(aligned_rows(rows.to(device=self.device, dtype=torch.float32))), noisy
 
+    def noise_from(self, kind: str, tol, noisy: list[bool]) -> None:
+        """Draw the noisy steps' z from ``kind``: ``"iid"`` normals, or ``"brownian"`` increments of
+        one path on the tree of the grid's positive sigmas with leaves at most ``tol`` wide.
+
+        The tree's int64 coordinate table, one entry per grid point, is made here once and kept
+        with the other device tables; the kind and the tree's depth are control values.
+        """
+        check_choice("noise", kind, NOISE_KINDS)
+        self.control.append(kind)
+        if kind == "iid" or not any(noisy):  # eta = 0: no noise to draw
+            return
+        tree = BrownianTree.from_grid(self.sigmas, tol)
+        self.path = self._keep(tree.grid_table(self.sigmas).to(self.device))
+        self.depth = tree.depth
+        self.control.append(tree.depth)
+
     def update(self, i: int, x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor,
                noisy: bool) -> torch.Tensor:
-        """``a x + sum_k b_k terms[k] + e z`` with row ``coefs``, z of stream step i."""
-        return self.op(x, terms, coefs, self.seed, self.steps[i], noise.LANE_PREDICTOR, self.sample_offset, noisy)
+        """``a x + sum_k b_k terms[k] + e z`` with row ``coefs``, z of stream step i (or the
+        Brownian increment from sigma_i to sigma_{i+1})."""
+        return self.op(x, terms, coefs, self.seed, self.steps[i], noise.LANE_PREDICTOR, self.sample_offset, noisy,
+                       self.path, self.depth)
 
     def range(self):
         return tqdm(range(self.n), desc=self.name, disable=not self.progress)
@@ -221,17 +250,25 @@ def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("i
     return run.sample(walk, x)
 
 
-def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, seed=None, sample_offset=0,
-                           backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
+def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, noise="iid", brownian_tol=DEFAULT_TOL,
+                           seed=None, sample_offset=0, backend="auto", progress=False,
+                           cuda_graph="auto") -> torch.Tensor:
     """Euler ancestral: Euler to sigma_down, then fresh noise of std sigma_up (k-diffusion's
     ``get_ancestral_step``; eta = 1 is DDPM-like ancestral sampling, eta = 0 plain Euler).
 
-    Args: ``eta`` >= 0 scales the noise, ``s_noise`` multiplies it; the others as :func:`sample_euler`.
-    NFE: N.
+    Args:
+        eta: >= 0, scales the noise; s_noise: multiplies it.
+        noise: ``"iid"`` (default), fresh normals per step; or ``"brownian"``, the increments of one
+            Brownian path in sigma over the grid's intervals (module docstring): the same law,
+            and the same path for any grid with the same seed.
+        brownian_tol: the tree's leaf width, absolute, in units of sigma (k-diffusion's and
+            torchsde's default 1e-6); each grid step must be wider.
+        Others as :func:`sample_euler`. NFE: N.
     """
     run = _Run("sample_euler_ancestral", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     coefs, noisy = run.table(U.euler_ancestral(run.sigmas, _check_nonneg("eta", eta),
                                                _check_nonneg("s_noise", s_noise)))
+    run.noise_from(noise, brownian_tol, noisy)
     sig_in = run.sigma_rows(run.sigmas[:-1])
 
     def walk(x):
@@ -242,10 +279,12 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, seed=No
     return run.sample(walk, x)
 
 
-def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int) -> torch.Tensor:
+def _multistep(run: _Run, x: torch.Tensor, table: torch.Tensor, history: int, noise_kind: str = "iid",
+               brownian_tol=DEFAULT_TOL) -> torch.Tensor:
     """The DPM-Solver++ loop: step i combines x, D_i and the ``history`` earlier D's (D_i itself
-    stands in, with coefficient 0, before they exist)."""
+    stands in, with coefficient 0, before they exist); noisy steps draw z of ``noise_kind``."""
     coefs, noisy = run.table(table)
+    run.noise_from(noise_kind, brownian_tol, noisy)
     sig_in = run.sigma_rows(run.sigmas[:-1])
 
     def walk(x):
@@ -276,8 +315,8 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, lower_order_final=True, seed=None, s
 
 
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_type="midpoint",
-                        lower_order_final=True, seed=None, sample_offset=0, backend="auto",
-                        progress=False, cuda_graph="auto") -> torch.Tensor:
+                        lower_order_final=True, noise="iid", brownian_tol=DEFAULT_TOL, seed=None, sample_offset=0,
+                        backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
     """DPM-Solver++(2M) SDE (k-diffusion's eta family; eta = 1 is diffusers' sde-dpmsolver++).
 
     Args:
@@ -285,6 +324,8 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_typ
         s_noise: noise multiplier.
         solver_type: ``"midpoint"`` (k-diffusion's default) or ``"heun"``.
         lower_order_final: as :func:`sample_dpmpp_2m`.
+        noise, brownian_tol: ``"iid"`` or ``"brownian"`` step noise, as :func:`sample_euler_ancestral`
+            (k-diffusion draws this sampler's noise from a Brownian tree by default).
         Others as :func:`sample_euler`. NFE: N.
     """
     check_choice("solver_type", solver_type, SOLVER_TYPES)
@@ -292,11 +333,12 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, solver_typ
     step_orders = U.orders(run.sigmas, 2, lower_order_final, 10, count_denoise=False)
     table = U.dpmpp_2m_sde(run.sigmas, _check_nonneg("eta", eta), solver_type, _check_nonneg("s_noise", s_noise),
                            step_orders)
-    return _multistep(run, x, table, 1)
+    return _multistep(run, x, table, 1, noise, brownian_tol)
 
 
-def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, lower_order_final=True, seed=None,
-                        sample_offset=0, backend="auto", progress=False, cuda_graph="auto") -> torch.Tensor:
+def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, lower_order_final=True, noise="iid",
+                        brownian_tol=DEFAULT_TOL, seed=None, sample_offset=0, backend="auto", progress=False,
+                        cuda_graph="auto") -> torch.Tensor:
     """DPM-Solver++(3M) SDE: the third-order multistep solver, with noise as
     :func:`sample_dpmpp_2m_sde`; eta = 0 is DPM-Solver++(3M).
 
@@ -305,7 +347,7 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, s_noise=1.0, lower_orde
     run = _Run("sample_dpmpp_3m_sde", denoiser, x, sigmas, seed, sample_offset, backend, progress, cuda_graph)
     step_orders = U.orders(run.sigmas, 3, lower_order_final, 10, count_denoise=False)
     table = U.dpmpp_3m_sde(run.sigmas, _check_nonneg("eta", eta), _check_nonneg("s_noise", s_noise), step_orders)
-    return _multistep(run, x, table, 2)
+    return _multistep(run, x, table, 2, noise, brownian_tol)
 
 
 def sample_ipndm(denoiser, x, sigmas, *, seed=None, sample_offset=0, backend="auto",
