@@ -1,7 +1,8 @@
 """The step update alone: fused scoreops ops against the eager tutorial step and torch.compile of it.
 
-For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor, and
-EM's noise-free last step ``em_mean``) and each size, one run times side by side:
+For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor, EM's
+noise-free last step ``em_mean``, and the Euler-ancestral sigma step with i.i.d. or Brownian-tree
+noise) and each size, one run times side by side:
 
 * ``eager``: the tutorial's torch expression, noise from ``torch.randn_like``;
 * ``compile``: ``torch.compile`` of that same function (one static-shape compile per size), with
@@ -29,6 +30,8 @@ from typing import Callable
 import torch
 
 from scoreops import ops
+from scoreops.core.brownian import BrownianTree, normals_per_element
+from scoreops.samplers.few_step import sigma_grid
 from scoreops.sde import VESDE
 
 try:
@@ -38,6 +41,9 @@ except ImportError:  # run as a script: python benchmarks/bench_steps.py
 
 # The VE SDE of the tutorial halfway through a 500-step run: the coefficients only set values.
 SIGMA, T, NUM_STEPS, EPS, SNR = 25.0, 0.5, 500, 1e-3, 0.16
+# The Euler-ancestral step's grid: 20 Karras levels. Its Brownian row times the step of that grid
+# whose increment takes the most node normals (the dearest step of the run).
+ANCESTRAL_LEVELS = 20
 
 CPU_SIZES = "64x1x28x28,2^20,2^22,2^24"
 CUDA_SIZES = "64x1x28x28,2^20,2^24,2^26,2^28"
@@ -78,6 +84,12 @@ def eager_langevin(x: torch.Tensor, s: torch.Tensor, snr: float) -> torch.Tensor
     return x + step_size * s + torch.sqrt(2 * step_size) * torch.randn_like(x)
 
 
+def eager_ancestral(x: torch.Tensor, d: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+    """k-diffusion's Euler-ancestral step ``x + (sigma_down - sigma) (x - d)/sigma + sigma_up z``, as
+    ``a x + b d + e z`` with ``coefs = (a, b, e)`` (eta = 1), noise from ``torch.randn_like``."""
+    return coefs[0] * x + coefs[1] * d + coefs[2] * torch.randn_like(x)
+
+
 def eager_reverse_diffusion(x: torch.Tensor, s: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """score_sde's reverse-diffusion predictor for the VE SDE (zero drift); G (B,)."""
     G = _per_sample(G, x)
@@ -100,6 +112,23 @@ class StepInputs:
     coefs: dict             # name -> (1,) float32: the fused ops' a, b, c, as the samplers hold them
     seed: torch.Tensor      # (1,) int64
     step: torch.Tensor
+    ancestral: torch.Tensor  # (3,) float32: (a, b, e) of an Euler-ancestral sigma step
+    path: torch.Tensor       # int64 Brownian-tree coordinates of the ancestral grid
+    depth: int               # the tree's depth
+    path_step: torch.Tensor  # (1,) int64: the grid step the Brownian row times
+
+
+def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+    """The ancestral step's grid: ``(coefs (a, b, e), q table, depth, step, normals per element)``
+    of the step whose increment takes the most node normals."""
+    grid = sigma_grid(VESDE(SIGMA), ANCESTRAL_LEVELS)
+    tree = BrownianTree.from_grid(grid)
+    q = tree.grid_table(grid).tolist()
+    counts = [normals_per_element(q[k], q[k + 1], tree.depth) for k in range(ANCESTRAL_LEVELS - 1)]
+    k = max(range(len(counts)), key=counts.__getitem__)
+    rho = float(grid[k + 1] / grid[k])
+    coefs = torch.tensor([rho * rho, 1 - rho * rho, float(grid[k + 1]) * math.sqrt(1 - rho * rho)])
+    return coefs, torch.tensor(q), tree.depth, k, counts[k]
 
 
 def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
@@ -117,10 +146,13 @@ def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
     def full(v):
         return torch.full((batch,), v, device=device)
 
+    ancestral, path, depth, path_step, _ = brownian_setup()
     return StepInputs(
         x=x, s=-x / std**2, g=full(g), dg=full(dg), G=full(G), dt=torch.tensor(dt, device=device),
         coefs={k: torch.tensor([v], dtype=torch.float32, device=device) for k, v in coefs.items()},
-        seed=torch.randint(0, 2**62, (1,), device=device), step=torch.tensor([7], device=device))
+        seed=torch.randint(0, 2**62, (1,), device=device), step=torch.tensor([7], device=device),
+        ancestral=ancestral.to(device), path=path.to(device), depth=depth,
+        path_step=torch.tensor([path_step], device=device))
 
 
 @dataclass(frozen=True)
@@ -139,6 +171,14 @@ def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True) -> Callable[
     return fused
 
 
+def _fused_ancestral(brownian: bool) -> Callable[[StepInputs, str], torch.Tensor]:
+    def fused(p: StepInputs, backend: str) -> torch.Tensor:
+        path = dict(path=p.path, depth=p.depth) if brownian else {}
+        return ops.sigma_step(p.x, [p.s], p.ancestral, seed=p.seed, step=p.path_step, add_noise=True,
+                              backend=backend, **path)
+    return fused
+
+
 def _fused_langevin(p: StepInputs, backend: str) -> torch.Tensor:
     return ops.langevin_correct(p.x, p.s, SNR, seed=p.seed, step=p.step, backend=backend)
 
@@ -153,6 +193,10 @@ CASES: dict[str, StepCase] = {
     # The same bytes without the noise: beside "em" it shows what the in-kernel noise costs.
     "em_mean": StepCase(eager_em_mean, lambda p: (p.x, p.s, p.g, p.dt),
                         _fused_sde_step("em_a", "em_b", "zero", add_noise=False), 12),
+    # The sigma-space step with its two kinds of noise (s stands in for the denoiser output): the
+    # ratio of their fused times is what the Brownian tree costs.
+    "ancestral": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(False), 12),
+    "ancestral_brownian": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(True), 12),
 }
 
 
@@ -274,7 +318,10 @@ kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `com
 `torch.compile(eager step, dynamic=False)`, inductor's own random numbers fused into its kernel;
 `compile (aten rng)` (CPU only): the same with `fallback_random=True`, aten's `randn_like` beside
 fused arithmetic. Each compiled per size and warmed up. `em_mean`: EM's last step, the mean
-without noise, the same bytes as `em`. `error`: why a case has no times.
+without noise, the same bytes as `em`. `ancestral`: k-diffusion's Euler-ancestral step as one
+`sigma_step` (a x + b D + e z); `ancestral_brownian`: the same step with z the Brownian tree's
+increment (`noise="brownian"`), at the step of a 20-level Karras grid that takes the most node
+normals; both against the same eager step with `torch.randn_like`. `error`: why a case has no times.
 GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
 whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
 per element), the floor of a memory-bound step, and `of copy` is fused GB/s over copy GB/s; where
