@@ -81,6 +81,12 @@ SCOREOPS_HD float brownian_weight(const BrownianWalk& w, int64_t width) {
   return static_cast<float>(std::sqrt(static_cast<double>(width)) * w.weight);
 }
 
+// The walk of step `step` of a table of `points` tree coordinates, from q[step] to q[step + 1];
+// invalid (NaN increments) where the table has no interval `step`.
+SCOREOPS_HD BrownianWalk brownian_table_walk(const int64_t* q, int64_t points, int64_t step, int64_t depth) {
+  return step >= 0 && step + 1 < points ? brownian_walk(q[step], q[step + 1], depth) : BrownianWalk{};
+}
+
 // Bit d (most significant first, d < L) of q's L-bit code.
 SCOREOPS_HD int tree_bit(int64_t q, int depth, int d) {
   return static_cast<int>((q >> (depth - 1 - d)) & 1);

@@ -86,6 +86,21 @@ CoefMode check_coef(const char* op, const at::Tensor& c, const char* name, const
   return CoefMode::kPerSample;
 }
 
+// A Brownian path table, when given: a 1-D int64 table of at least 2 tree coordinates on x's
+// device, and a depth in [0, kMaxBrownianDepth]. Its values are the kernels' to read.
+void check_path(const char* op, const std::optional<at::Tensor>& path, int64_t depth, const at::Tensor& x) {
+  if (!path.has_value()) {
+    return;
+  }
+  const at::Tensor& p = *path;
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kLong, op, ": path must be an int64 tensor, got ", p.scalar_type());
+  TORCH_CHECK_VALUE(p.device() == x.device(), op, ": path is on ", p.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) >= 2, op, ": path must be a 1-D table of at least 2 tree "
+                    "coordinates (one per grid point), got shape ", p.sizes());
+  TORCH_CHECK_VALUE(depth >= 0 && depth <= kMaxBrownianDepth, op, ": depth must be in [0, ", kMaxBrownianDepth,
+                    "], got ", depth);
+}
+
 void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs,
                   const char* coeffs_name) {
   check_data(op, y, "y");
@@ -102,20 +117,23 @@ void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::Ar
 }  // namespace
 
 StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
-                         const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step) {
+                         const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
+                         const std::optional<at::Tensor>& path, int64_t depth) {
   constexpr const char* op = "sde_step";
   check_batch(op, x, "x");
   check_like(op, s, "s", x, "x");
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
+  check_path(op, path, depth, x);
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   return {batch, dim, check_coef(op, a, "a", x, batch), check_coef(op, b, "b", x, batch),
           check_coef(op, c, "c", x, batch)};
 }
 
 StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
-                                 const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+                                 const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
+                                 const std::optional<at::Tensor>& path, int64_t depth) {
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
   TORCH_CHECK_VALUE(x.is_contiguous(), "sde_step_: x must be contiguous; scoreops.ops.sde_step(..., inplace=True) "
                     "writes a strided x through a copy");
   // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
@@ -155,15 +173,7 @@ int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Te
                     ",) = (a, one per term, e) for ", k, " terms, got shape ", coefs.sizes());
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
-  if (path.has_value()) {
-    const at::Tensor& p = *path;
-    TORCH_CHECK_TYPE(p.scalar_type() == at::kLong, op, ": path must be an int64 tensor, got ", p.scalar_type());
-    TORCH_CHECK_VALUE(p.device() == x.device(), op, ": path is on ", p.device(), " but x is on ", x.device());
-    TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) >= 2, op, ": path must be a 1-D table of at least 2 tree "
-                      "coordinates (one per grid point), got shape ", p.sizes());
-    TORCH_CHECK_VALUE(depth >= 0 && depth <= kMaxBrownianDepth, op, ": depth must be in [0, ", kMaxBrownianDepth,
-                      "], got ", depth);
-  }
+  check_path(op, path, depth, x);
   return k;
 }
 
@@ -199,10 +209,10 @@ TORCH_LIBRARY(scoreops, m) {
   m.def("philox_normal(Tensor seed, Tensor step, int lane, int sample_offset, int batch, int numel) -> Tensor");
   m.def(
       "sde_step(Tensor x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
-      "int sample_offset, bool add_noise) -> Tensor");
+      "int sample_offset, bool add_noise, Tensor? path=None, int depth=0) -> Tensor");
   m.def(
       "sde_step_(Tensor(a!) x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
-      "int sample_offset, bool add_noise) -> ()");
+      "int sample_offset, bool add_noise, Tensor? path=None, int depth=0) -> ()");
   m.def("sample_sq_norms(Tensor s, Tensor seed, Tensor step, int lane, int sample_offset, bool with_noise) -> Tensor");
   m.def(
       "sigma_step(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int lane, int sample_offset, "

@@ -1,12 +1,15 @@
 // CPU kernels of the fused SDE step (sde_step, sde_step_) and of the per-sample norms of the
 // Langevin corrector (sample_sq_norms). Work is split into tiles of one sample's elements; each
-// tile makes its own noise, so a tile's result depends only on its own elements.
+// tile makes its own noise, so a tile's result depends only on its own elements. The step's z is
+// the stream's normal, or with a path the Brownian tree's increment over the step (brownian.h).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
+#include "brownian.h"
 #include "cpu/cpu_kernels.h"
 
 namespace scoreops::cpu {
@@ -38,10 +41,28 @@ void mean_update_into(const float* x, const float* s, float a, int64_t n, float*
   }
 }
 
-// Writes the step of contiguous (B, D) x and s into out, which may be x itself.
+// The node normals of elements [begin, begin + n) of one sample: the stream's, with the node as
+// the step word and the tree's own lane.
+struct TileNormals {
+  int64_t seed, sample, begin, n;
+
+  void operator()(uint32_t node, float* z) const {
+    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
+  }
+};
+
+// The Brownian increment of one tile into z; the elementwise loops are cloned per ISA here.
+SCOREOPS_CPU_CLONES
+void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
+                    float* z) {
+  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
+}
+
+// Writes the step of contiguous (B, D) x and s into out, which may be x itself; walk (or null for
+// the stream's normals) is the step's Brownian walk.
 template <typename scalar_t>
 void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s, const Coef (&coef)[3],
-                   const StreamArgs& noise, bool add_noise, scalar_t* out) {
+                   const StreamArgs& noise, bool add_noise, const BrownianWalk* walk, scalar_t* out) {
   for_each_tile(shape.batch, shape.dim, [&](int64_t, const Tile& t) {
     float xb[kTile], sb[kTile], ab[kTile], bb[kTile], cb[kTile], z[kTile], result[kTile];
     const int64_t offset = t.offset(shape.dim);
@@ -56,7 +77,13 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
     }
     const float* av = coef[0].tile_values(t, ab);
     if (add_noise) {
-      fill_normals(noise.key(t.row), t.begin, t.size, z);
+      if (walk != nullptr) {
+        float delta[kTile], scratch[kTile], part[kTile];
+        const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
+        tile_increment(*walk, normals, delta, scratch, part, z);
+      } else {
+        fill_normals(noise.key(t.row), t.begin, t.size, z);
+      }
       noisy_update(xv, sv, av, coef[1].tile_values(t, bb), coef[2].tile_values(t, cb), z, t.size, result);
     } else {
       mean_update(xv, sv, av, t.size, result);
@@ -65,11 +92,30 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
   });
 }
 
+// The walk of step `step` of the path table: from path[step] to path[step + 1], read on the host.
+BrownianWalk host_walk(const at::Tensor& path, int64_t step, int64_t depth) {
+  const int64_t points = path.size(0);
+  TORCH_CHECK_VALUE(step >= 0 && step + 1 < points, "sde_step: step ", step, " has no interval in the path table of ",
+                    points, " points");
+  const at::Tensor p = path.contiguous();
+  const int64_t q_from = p.const_data_ptr<int64_t>()[step], q_to = p.const_data_ptr<int64_t>()[step + 1];
+  const BrownianWalk walk = brownian_walk(q_from, q_to, depth);
+  TORCH_CHECK_VALUE(walk.valid, "sde_step: path[", step, "] = ", q_from, " and path[", step + 1, "] = ", q_to,
+                    " must be distinct tree coordinates in [0, 2**depth = ", int64_t{1} << depth,
+                    "] (-1 marks a grid point that takes no noise)");
+  return walk;
+}
+
 // Writes the step of x into out: contiguous, x's shape and dtype, possibly x itself.
 void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
-                  const at::Tensor& b, const at::Tensor& c, const StreamArgs& noise, bool add_noise, at::Tensor& out) {
+                  const at::Tensor& b, const at::Tensor& c, const StreamArgs& noise, bool add_noise,
+                  const std::optional<at::Tensor>& path, int64_t depth, at::Tensor& out) {
   if (x.numel() == 0) {
     return;
+  }
+  std::optional<BrownianWalk> walk;
+  if (add_noise && path.has_value()) {
+    walk = host_walk(*path, noise.step, depth);
   }
   const at::Tensor xc = x.contiguous(), sc = s.contiguous();
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
@@ -78,24 +124,25 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
                         {cc.const_data_ptr<float>(), shape.c, shape.dim}};
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sde_step", [&] {
     sde_step_rows(shape, xc.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(), coef, noise, add_noise,
-                  out.mutable_data_ptr<scalar_t>());
+                  walk ? &*walk : nullptr, out.mutable_data_ptr<scalar_t>());
   });
 }
 
 at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                     const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
-                    int64_t sample_offset, bool add_noise) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+                    int64_t sample_offset, bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
   at::Tensor out = at::empty(x.sizes(), x.options());
-  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, out);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, path, depth,
+               out);
   return out;
 }
 
 void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
-               bool add_noise) {
-  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step);
-  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, x);
+               bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, path, depth, x);
 }
 
 at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step, int64_t lane,

@@ -3,19 +3,45 @@
 // CUDA kernels of scoreops._C. Every kernel runs on the current stream, reads seed and step from
 // device memory (so a captured CUDA graph draws new noise at each replay), never syncs with the
 // host, and takes all its memory from torch's caching allocator (cuda_kernels.h holds the shared parts).
+// With a path table the step's z is the Brownian tree's increment from path[step] to
+// path[step + 1] (brownian.h), both read on the device too; a step outside the table or an
+// invalid pair gives NaN, which the samplers refuse at the end.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <type_traits>
+
+#include "brownian.h"
 #include "cuda/cuda_kernels.h"
 
 namespace scoreops::cuda {
 namespace {
 
+// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise).
+struct Path {
+  const int64_t* q;
+  int64_t points;
+  int64_t depth;
+};
+
+inline Path make_path(const at::Tensor& contiguous_path, int64_t depth) {
+  return {contiguous_path.defined() ? contiguous_path.const_data_ptr<int64_t>() : nullptr,
+          contiguous_path.defined() ? contiguous_path.size(0) : 0, depth};
+}
+
+// One thread per group of 4 elements of one sample, so one Philox call gives the group's normals
+// (or one tree node's normals, on the Brownian path).
 template <typename scalar_t, bool kVec>
 __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Coef b, Coef c, Noise noise,
-                                bool add_noise, int64_t batch, int64_t dim, int64_t groups, scalar_t* out) {
+                                bool add_noise, Path path, int64_t batch, int64_t dim, int64_t groups,
+                                scalar_t* out) {
   const NoiseKeys keys(noise);
+  // The step's walk through the tree: the same for every thread.
+  const bool brownian = add_noise && path.q != nullptr;
+  const BrownianWalk walk = brownian ? brownian_table_walk(path.q, path.points, keys.step, path.depth)
+                                     : BrownianWalk{};
   const int64_t total = batch * groups;
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total; t += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = t / groups, g = t - i * groups, base = i * dim + 4 * g;
@@ -28,7 +54,13 @@ __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Co
       float bv[4], cv[4], z[4];
       b.load<kVec>(i, base, n, bv);
       c.load<kVec>(i, base, n, cv);
-      keys.normals(i, g, z);
+      if (brownian) {
+        float delta[4], scratch[4], part[4];
+        const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
+        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z);
+      } else {
+        keys.normals(i, g, z);
+      }
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         r[k] = ((xv[k] + av[k] * sv[k]) + bv[k] * z[k]) + cv[k] * (z[k] * z[k] - 1.0f);
@@ -82,7 +114,8 @@ __global__ void sq_norms_partial_kernel(const scalar_t* s, Noise noise, bool wit
 
 // Launches sde_step on contiguous x, s into out (contiguous; may be x).
 void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
-                  const at::Tensor& b, const at::Tensor& c, const Noise& noise, bool add_noise, at::Tensor& out) {
+                  const at::Tensor& b, const at::Tensor& c, const Noise& noise, bool add_noise, const Path& path,
+                  at::Tensor& out) {
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
   const Coef coef[3] = {{ac.const_data_ptr<float>(), shape.a},
                         {bc.const_data_ptr<float>(), shape.b},
@@ -101,10 +134,12 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
     const int grid = grid_for(shape.batch * groups);
     if (vec) {
       sde_step_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(xp, sp, coef[0], coef[1], coef[2], noise,
-                                                                      add_noise, shape.batch, shape.dim, groups, op);
+                                                                      add_noise, path, shape.batch, shape.dim, groups,
+                                                                      op);
     } else {
       sde_step_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(xp, sp, coef[0], coef[1], coef[2], noise,
-                                                                       add_noise, shape.batch, shape.dim, groups, op);
+                                                                       add_noise, path, shape.batch, shape.dim, groups,
+                                                                       op);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -112,26 +147,29 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
 
 at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                     const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
-                    int64_t sample_offset, bool add_noise) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step);
+                    int64_t sample_offset, bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() != 0) {
+    const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
     run_sde_step(shape, x.contiguous(), s.contiguous(), a, b, c, make_noise(seed, step, lane, sample_offset),
-                 add_noise, out);
+                 add_noise, make_path(pc, depth), out);
   }
   return out;
 }
 
 void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
-               bool add_noise) {
-  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step);
+               bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) {
     return;
   }
-  run_sde_step(shape, x, s.contiguous(), a, b, c, make_noise(seed, step, lane, sample_offset), add_noise, x);
+  const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
+  run_sde_step(shape, x, s.contiguous(), a, b, c, make_noise(seed, step, lane, sample_offset), add_noise,
+               make_path(pc, depth), x);
 }
 
 at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step, int64_t lane,

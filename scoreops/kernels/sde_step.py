@@ -2,16 +2,20 @@
 
 One pass reads x and s and writes the result; EM, Milstein, the reverse-diffusion predictor and
 the Langevin corrector are all this update with different coefficients (see ``scoreops.ops``).
+z is the stream's normal, or with a path table the Brownian tree's increment over the step
+(:mod:`.brownian`), whose two coordinates are read on the device too.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from scoreops.core.brownian import MAX_DEPTH
 from scoreops.core.checks import COEF_LAYOUTS, check_batched, check_float, coef_layout
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device,
                       check_no_partial_overlap, mul, round_to, sample_groups, triton_op, wrap_triton)
+from .brownian import path_increment
 from .philox import stream_normals
 
 
@@ -30,14 +34,16 @@ def load_coef(ptr, sample, offs, row_mask, mask, MODE: tl.constexpr):
     return coef.to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["lane", "sample_offset"])
+@triton.jit(do_not_specialize=["lane", "sample_offset", "points", "depth"])
 def sde_step_kernel(out_ptr, x_ptr, s_ptr, a_ptr, b_ptr, c_ptr, seed_ptr, step_ptr, lane, sample_offset,
-                    numel, groups, pairs, A_MODE: tl.constexpr, B_MODE: tl.constexpr, C_MODE: tl.constexpr,
-                    ADD_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+                    path_ptr, points, depth, numel, groups, pairs, A_MODE: tl.constexpr, B_MODE: tl.constexpr,
+                    C_MODE: tl.constexpr, ADD_NOISE: tl.constexpr, BROWNIAN: tl.constexpr, BLOCK: tl.constexpr):
     """``out = x + a*s + b*z + c*(z*z - 1)`` (``x + a*s`` without ADD_NOISE) in float32, stored in out's dtype.
 
-    x, s, out are contiguous (batch, numel); z is the stream's normal of each element. Row r of the
-    tile is pair ``p``: group ``g`` (elements 4g..4g+3) of sample ``i``, ``(i, g) = divmod(p, groups)``.
+    x, s, out are contiguous (batch, numel); z is the stream's normal of each element, or with
+    BROWNIAN the tree's increment from ``path[step]`` to ``path[step + 1]`` (a table of ``points``
+    int64 coordinates, tree depth ``depth``). Row r of the tile is pair ``p``: group ``g``
+    (elements 4g..4g+3) of sample ``i``, ``(i, g) = divmod(p, groups)``.
     """
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     i = p // groups
@@ -51,7 +57,10 @@ def sde_step_kernel(out_ptr, x_ptr, s_ptr, a_ptr, b_ptr, c_ptr, seed_ptr, step_p
     s = tl.load(s_ptr + offs, mask=mask).to(tl.float32)
     out = x + mul(load_coef(a_ptr, sample, offs, row_mask, mask, A_MODE), s)
     if ADD_NOISE:
-        z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
+        if BROWNIAN:
+            z = path_increment(seed_ptr, sample_offset, i, g, step_ptr, path_ptr, points, depth)
+        else:
+            z = stream_normals(seed_ptr, step_ptr, lane, sample_offset, i, g)
         b = load_coef(b_ptr, sample, offs, row_mask, mask, B_MODE)
         c = load_coef(c_ptr, sample, offs, row_mask, mask, C_MODE)
         out = out + mul(b, z) + mul(c, mul(z, z) - 1.0)
@@ -68,26 +77,47 @@ def _coef_mode(name: str, coef: torch.Tensor, x: torch.Tensor) -> int:
     return COEF_LAYOUTS.index(coef_layout(name, coef.shape, x.shape))
 
 
-def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise) -> None:
+def check_path(op: str, path: torch.Tensor | None, depth: int, x: torch.Tensor) -> None:
+    """path is None or a 1-D int64 table of at least 2 coordinates on x's device, 0 <= depth <= 32."""
+    if path is None:
+        return
+    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
+        raise TypeError(f"{op}: path must be an int64 tensor, got "
+                        f"{path.dtype if isinstance(path, torch.Tensor) else type(path).__name__}")
+    if path.device != x.device:
+        raise ValueError(f"{op}: path is on {path.device} but x is on {x.device}")
+    if path.dim() != 1 or path.shape[0] < 2:
+        raise ValueError(f"{op}: path must be a 1-D table of at least 2 tree coordinates (one per grid point), "
+                         f"got shape {tuple(path.shape)}")
+    if not 0 <= depth <= MAX_DEPTH:
+        raise ValueError(f"{op}: depth must be in [0, {MAX_DEPTH}], got {depth}")
+
+
+def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth) -> None:
     """Check the arguments and launch the step kernel, writing into the contiguous ``out`` (may be x)."""
     check_batched("x", x)
     check_float("s", s, like=x)
     check_device("x", x)
     check_counters(seed, step, x.device)
+    check_path("triton_sde_step", path, depth, x)
     modes = [_coef_mode(name, coef, x) for name, coef in (("a", a), ("b", b), ("c", c))]
     if x.numel() == 0:
         return
     numel, groups, pairs = sample_groups(x)
     block = block_size(pairs, BLOCK_PAIRS)
+    # Without a path the seed stands in for its pointer, which the kernel then never reads.
     wrap_triton(sde_step_kernel)[(triton.cdiv(pairs, block),)](
         out, x.contiguous(), s.contiguous(), a.contiguous(), b.contiguous(), c.contiguous(), seed, step,
-        lane & UINT32_MASK, sample_offset & UINT32_MASK, numel, groups, pairs,
-        A_MODE=modes[0], B_MODE=modes[1], C_MODE=modes[2], ADD_NOISE=add_noise, BLOCK=block)
+        lane & UINT32_MASK, sample_offset & UINT32_MASK, seed if path is None else path.contiguous(),
+        0 if path is None else path.shape[0], depth, numel, groups, pairs,
+        A_MODE=modes[0], B_MODE=modes[1], C_MODE=modes[2], ADD_NOISE=add_noise,
+        BROWNIAN=add_noise and path is not None, BLOCK=block)
 
 
 @triton_op("scoreops::triton_sde_step", mutates_args=())
 def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-             seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
+             seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool,
+             path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
     """One fused step ``x + a*s + b*z + c*(z*z - 1)``, z the stream's normals (``x + a*s`` without add_noise).
 
     Args:
@@ -98,21 +128,26 @@ def sde_step(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
         seed, step: 1-element int64 tensors on x's device (the stream's key and step counter).
         lane, sample_offset: stream lane and global index of sample 0, both modulo 2**32.
         add_noise: False gives the mean ``x + a*s``.
+        path, depth: None for the stream's normals; else an int64 table of Brownian-tree
+            coordinates on x's device and the tree's depth: z (in both ``b*z`` and ``c*(z*z - 1)``)
+            is the increment from ``path[step]`` to ``path[step + 1]``, read on the device (NaN
+            where they are not two distinct points of the tree, or the table has no interval ``step``).
     Returns:
         A new contiguous tensor of x's shape and dtype (arithmetic in float32).
     """
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise)
+    _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth)
     return out
 
 
 @triton_op("scoreops::triton_sde_step_", mutates_args={"x"})
 def sde_step_(x: torch.Tensor, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-              seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool) -> None:
+              seed: torch.Tensor, step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool,
+              path: torch.Tensor | None = None, depth: int = 0) -> None:
     """:func:`sde_step` written into the contiguous x (``scoreops.ops.sde_step(..., inplace=True)``
     writes a strided x through a copy, the one fallback for every backend)."""
     if not x.is_contiguous():
         raise ValueError("triton_sde_step_: x must be contiguous; scoreops.ops.sde_step(..., inplace=True) writes a "
                          "strided x through a copy")
     check_no_partial_overlap("s", x, s)
-    _sde_step_into(x, x, s, a, b, c, seed, step, lane, sample_offset, add_noise)
+    _sde_step_into(x, x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth)

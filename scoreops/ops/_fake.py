@@ -34,14 +34,14 @@ def _philox_normal(seed, step, lane, sample_offset, batch, numel):
 
 
 @torch.library.register_fake("scoreops::sde_step")
-def _sde_step(x, s, a, b, c, seed, step, lane, sample_offset, add_noise):
-    _same_device(x, s, a, b, c, seed, step)
+def _sde_step(x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
+    _same_device(x, s, a, b, c, seed, step, *([] if path is None else [path]))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("scoreops::sde_step_")
-def _sde_step_(x, s, a, b, c, seed, step, lane, sample_offset, add_noise):
-    _same_device(x, s, a, b, c, seed, step)
+def _sde_step_(x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
+    _same_device(x, s, a, b, c, seed, step, *([] if path is None else [path]))
     return None
 
 

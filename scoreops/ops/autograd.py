@@ -5,7 +5,8 @@ and Triton ops the same gradients, so that a kernel backend can run under autogr
 
 * ``sde_step``: ``out = x + a*s + b*z + c*(z*z - 1)`` is linear in x, s, a, b and c. The
   backward pass makes z again from the stream (the same backend's ``philox_normal``) instead
-  of storing it.
+  of storing it; with a Brownian path, by the op itself with ``(a, b, c) = (0, 1, 0)`` on zeros,
+  so the gradients of b and c take the forward pass's increment to the bit.
 * ``sample_sq_norms``: column 0 is ``sum(s**2)`` per sample, so its gradient is ``2 s``; column 1
   (the noise's norm) does not depend on s.
 * ``rk_combine``: ``y + h * sum_j c_j k_j`` is linear in y and every k_j.
@@ -37,12 +38,22 @@ def _reduce_to(coef: torch.Tensor, g: torch.Tensor, x_shape) -> torch.Tensor:
 
 
 def _sde_step_setup(ctx, inputs, output) -> None:
-    x, s, a, b, c, seed, step, lane, sample_offset, add_noise = inputs
+    x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth = inputs
     ctx.save_for_backward(s, a, b, c, seed, step)
     ctx.stream = (lane, sample_offset, add_noise)
+    ctx.path = (path, depth)  # an int64 table: no gradient
 
 
-def _sde_step_backward(philox_normal):
+def _sde_step_backward(philox_normal, sde_step):
+    def noise(ctx, seed, step, batch, numel, device):
+        lane, sample_offset, _ = ctx.stream
+        path, depth = ctx.path
+        if path is None:
+            return philox_normal(seed, step, lane, sample_offset, batch, numel)
+        zeros = torch.zeros(batch, numel, dtype=torch.float32, device=device)
+        zero, one = (torch.full((1,), v, dtype=torch.float32, device=device) for v in (0.0, 1.0))
+        return sde_step(zeros, zeros, zero, one, zero, seed, step, lane, sample_offset, True, path, depth)
+
     def backward(ctx, grad):
         s, a, b, c, seed, step = ctx.saved_tensors
         lane, sample_offset, add_noise = ctx.stream
@@ -53,10 +64,10 @@ def _sde_step_backward(philox_normal):
                  (coef_view("a", a, grad) * g).reshape(grad.shape).to(s.dtype) if need_s else None,
                  _reduce_to(a, g * s.float().reshape(batch, -1), grad.shape) if need_a else None, None, None]
         if add_noise and (need_b or need_c):
-            z = philox_normal(seed, step, lane, sample_offset, batch, g.shape[1]) if batch else g
+            z = noise(ctx, seed, step, batch, g.shape[1], g.device) if g.numel() else g
             grads[3] = _reduce_to(b, g * z, grad.shape) if need_b else None
             grads[4] = _reduce_to(c, g * (z * z - 1.0), grad.shape) if need_c else None
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
     return backward
 
 
@@ -127,7 +138,7 @@ def _sigma_step_backward(philox_normal, sigma_step):
 def _register(prefix: str) -> None:
     ops = torch.ops.scoreops
     torch.library.register_autograd(f"scoreops::{prefix}sde_step", _sde_step_backward(
-        getattr(ops, f"{prefix}philox_normal")), setup_context=_sde_step_setup)
+        getattr(ops, f"{prefix}philox_normal"), getattr(ops, f"{prefix}sde_step")), setup_context=_sde_step_setup)
     torch.library.register_autograd(f"scoreops::{prefix}sample_sq_norms", _sq_norms_backward,
                                     setup_context=_sq_norms_setup)
     torch.library.register_autograd(f"scoreops::{prefix}rk_combine", _rk_combine_backward,

@@ -12,6 +12,7 @@ import torch
 from ..core.checks import (as_counter, canonical_device, check_batched, check_choice, check_float, check_int,
                            check_positive, coef_layout)
 from .backends import implementation, resolve_backend
+from .sigma_steps import check_path
 
 
 def _records_grad(*tensors: torch.Tensor) -> bool:
@@ -35,8 +36,8 @@ def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
 
 
 def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, lane: int = 0,
-             sample_offset: int = 0, add_noise: bool = True, inplace: bool = False,
-             backend: str = "auto") -> torch.Tensor:
+             sample_offset: int = 0, add_noise: bool = True, path: torch.Tensor | None = None, depth: int = 0,
+             inplace: bool = False, backend: str = "auto") -> torch.Tensor:
     """One fused SDE update ``x + a*score + b*z + c*(z*z - 1)``, z ~ N(0, I) from the stream.
 
     EM is ``a = g**2 dt, b = g sqrt(dt), c = 0``; Milstein adds ``c = g g' dt / 2``; the VE
@@ -51,7 +52,17 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
         seed, step: noise-stream key and step counter (int or 1-element int64 tensor).
         lane: stream lane (0 predictor, 1 + r for the r-th corrector step).
         sample_offset: global index of sample 0 (for sharded sampling).
-        add_noise: False returns the mean ``x + a*score`` (the last step of a sampler).
+        add_noise: False returns the mean ``x + a*score`` (the last step of a sampler); path is
+            then ignored.
+        path: None for the stream's i.i.d. normals; else the Brownian tree's int64 table of
+            coordinates, one per grid point (:meth:`scoreops.core.brownian.BrownianTree.grid_table`),
+            on x's device: z, in both ``b*z`` and Milstein's ``c*(z*z - 1)``, is then the normalised
+            increment from ``path[step]`` to ``path[step + 1]``
+            (:func:`scoreops.core.brownian.brownian_increment`), made in the kernel from (seed,
+            sample, element) alone, so ``lane`` is unused. The kernels read both coordinates on the
+            device; the CPU kernel and the torch reference refuse a step outside the table or an
+            invalid pair, the CUDA and Triton kernels give NaN.
+        depth: the tree's depth L, 0 <= L <= 32 (with path).
         inplace: write the result into x and return x.
         backend: see the module docstring.
     Returns:
@@ -61,10 +72,11 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
     check_float("score", score, like=x)
     a, b, c = as_coef("a", a, x), as_coef("b", b, x), as_coef("c", c, x)
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
+    depth = check_path(path, depth, x.device)
     if x.numel() == 0:
         return x if inplace else x.clone()
     impl = resolve_backend(backend, x.device)
-    args = (x, score, a, b, c, seed, step, lane, sample_offset, add_noise)
+    args = (x, score, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth)
     if inplace and impl != "torch" and x.is_contiguous() and not _records_grad(x, score, a, b, c):
         implementation("sde_step_", impl)(*args)
         return x

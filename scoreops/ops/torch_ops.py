@@ -43,15 +43,19 @@ def stream_noise_like(x: torch.Tensor, seed, step, lane: int, sample_offset: int
     return philox_normal(seed, step, lane, sample_offset, b, x.numel() // b)
 
 
-def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise: bool) -> torch.Tensor:
-    """``x + a*s + b*z + c*(z*z - 1)``, z from the stream; ``x + a*s`` when not add_noise."""
+def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise: bool,
+             path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
+    """``x + a*s + b*z + c*(z*z - 1)``, z from the stream, or with ``path`` the Brownian increment
+    over the step (:func:`brownian_noise_like`), the same z in both terms; ``x + a*s`` when not
+    add_noise."""
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     x2 = x.reshape(x.shape[0], -1).to(torch.float32)
     s2 = s.reshape(x2.shape).to(torch.float32)
     out = x2 + coef_view("a", a, x) * s2
     if add_noise:
-        z = stream_noise_like(x, seed, step, lane, sample_offset)
+        z = (stream_noise_like(x, seed, step, lane, sample_offset) if path is None else
+             brownian_noise_like(x, seed, step, sample_offset, path, depth))
         out = out + coef_view("b", b, x) * z + coef_view("c", c, x) * (z * z - 1.0)
     return out.reshape(x.shape).to(x.dtype)
 
@@ -63,7 +67,7 @@ def brownian_noise_like(x: torch.Tensor, seed, step, sample_offset: int, path: t
     reference only, which a CUDA graph cannot capture."""
     k, points = _host_counter(step), path.shape[0]
     if not 0 <= k < points - 1:
-        raise ValueError(f"sigma_step: step {k} has no interval in the path table of {points} points")
+        raise ValueError(f"step {k} has no interval in the path table of {points} points")
     q_from, q_to = path[k:k + 2].tolist()
     b = x.shape[0]
     return brownian.brownian_increment(_host_counter(seed), q_from, q_to, depth, b, x.numel() // b, sample_offset,
