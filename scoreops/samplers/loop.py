@@ -24,13 +24,24 @@ class Plan:
     c: torch.Tensor
     steps: torch.Tensor  # (N, 1) int64: stream step counter of loop step k
     seed: torch.Tensor   # (1,) int64
+    # (num_steps + 1,) int64: the Brownian tree's coordinate of each grid point (the predictor's
+    # step k reads path[k] and path[k + 1]); None for i.i.d. noise.
+    path: torch.Tensor | None = None
 
     def clone(self) -> Plan:
-        return Plan(**{f.name: aligned_rows(getattr(self, f.name)) for f in fields(self)})
+        return Plan(**{f.name: _optional(aligned_rows, getattr(self, f.name)) for f in fields(self)})
 
     def copy_(self, other: Plan) -> None:
         for f in fields(self):
-            getattr(self, f.name).copy_(getattr(other, f.name))
+            mine, new = getattr(self, f.name), getattr(other, f.name)
+            if (mine is None) != (new is None):  # the loop key holds the noise kind: never both
+                raise ValueError(f"plan field {f.name!r} is set in one plan and None in the other")
+            if mine is not None:
+                mine.copy_(new)
+
+
+def _optional(f, v):
+    return None if v is None else f(v)
 
 
 def aligned_rows(v: torch.Tensor) -> torch.Tensor:
@@ -53,20 +64,26 @@ def aligned_rows(v: torch.Tensor) -> torch.Tensor:
 
 class Loop:
     """The reverse-time loop: per step, ``corrector_steps`` Langevin steps, then one predictor step;
-    with ``denoise``, a last row of the plan is the noise-free Tweedie step ``x + std**2 s``."""
+    with ``denoise``, a last row of the plan is the noise-free Tweedie step ``x + std**2 s``.
+
+    ``noise`` is the predictor's: ``"iid"`` stream normals, or ``"brownian"`` increments of the
+    path whose tree coordinates ``plan.path`` holds, on a tree of ``depth``; the corrector's
+    Langevin noise is i.i.d. either way.
+    """
 
     def __init__(self, backend: str, num_steps: int, sample_offset: int, corrector_steps: int = 0,
-                 snr: float = 0.16, noise_norm: str = "fixed", per_sample: bool = False, denoise: bool = False):
+                 snr: float = 0.16, noise_norm: str = "fixed", per_sample: bool = False, denoise: bool = False,
+                 noise: str = "iid", depth: int = 0):
         self.backend, self.num_steps, self.sample_offset = backend, num_steps, sample_offset
         self.corrector_steps, self.snr, self.noise_norm, self.per_sample = corrector_steps, snr, noise_norm, per_sample
-        self.denoise = denoise
+        self.denoise, self.noise, self.depth = denoise, noise, depth
         self.rows = num_steps + int(denoise)
         self._sde_step = ops.implementation("sde_step", backend)
 
     @property
     def key(self) -> tuple:
         return (self.backend, self.num_steps, self.sample_offset, self.corrector_steps, self.snr, self.noise_norm,
-                self.per_sample, self.denoise)
+                self.per_sample, self.denoise, self.noise, self.depth)
 
     def step(self, x: torch.Tensor, score, k: int, plan: Plan) -> torch.Tensor:
         t, step = plan.t[k], plan.steps[k]
@@ -76,7 +93,8 @@ class Loop:
                                      noise_norm=self.noise_norm, per_sample=self.per_sample, backend=self.backend)
         # The last step returns the mean, as the tutorial's samplers do.
         return self._sde_step(x, score(x, t), plan.a[k], plan.b[k], plan.c[k], plan.seed, step,
-                              noise.LANE_PREDICTOR, self.sample_offset, k < self.num_steps - 1)
+                              noise.LANE_PREDICTOR, self.sample_offset, k < self.num_steps - 1, plan.path,
+                              self.depth)
 
     def run(self, score_model, x: torch.Tensor, plan: Plan, progress: bool = False,
             check_first: bool = True) -> torch.Tensor:

@@ -10,6 +10,13 @@ with its noise drawn inside the op from the scoreops noise stream:
 * loop step k (k = 0 at t = 1) takes stream step k: lane 0 for the predictor, lane 1 + r for
   the r-th corrector step.
 
+With ``noise="brownian"`` the predictor's z of step k is instead the normalised increment of one
+Brownian path W over the step, ``(W(t_{k+1}) - W(t_k)) / sqrt|t_{k+1} - t_k|`` with the time t as
+the tree variable (:mod:`scoreops.core.brownian`): on one grid the law is the same, and since W is
+a fixed function of (seed, sample, element, t), grids through the same times walk the same path,
+so the same seed with 20 and 40 steps gives nearly the same samples. The corrector's Langevin
+noise stays i.i.d.
+
 So the same ``seed`` draws the same noise on every backend, and sample i's noise does not depend
 on how many others are drawn beside it. Its result is bit-identical across batch sizes, shards
 and thread counts within one backend when the score model is itself batch-invariant; a conv net's
@@ -27,12 +34,13 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from ..core.brownian import DEFAULT_TOL, NO_POINT, BrownianTree
 from ..core.checks import check_bool, check_choice, check_int, check_positive
 from .cuda_graph import run_graphed, use_graph
 from .inputs import check_eps, sampling_device, seed_tensor, starting_sample
 from .loop import Loop, Plan, aligned_rows
 from .schedule import SIGMA_SCHEDULES, Schedule, time_grid
-from .sigma_space import check_sigmas
+from .sigma_space import NOISE_KINDS, check_sigmas
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "milstein")
 CORRECTIONS = ("time", "ito")
@@ -62,9 +70,17 @@ def time_steps(schedule: Schedule, num_steps: int, eps: float, float64_grid: boo
     (the last one goes below eps). Otherwise the noise levels of ``sigmas``, or ``num_steps + 1``
     levels of the ``grid`` schedule, are mapped to times t(sigma): step k goes from t_k to t_{k+1}.
     """
+    return _time_grid(schedule, num_steps, eps, float64_grid, grid, sigmas, rho)[:3]
+
+
+def _time_grid(schedule: Schedule, num_steps: int, eps: float, float64_grid: bool, grid: str | None, sigmas,
+               rho: float) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """:func:`time_steps`, and the grid's times in float64 from t = 1 down: the tutorial's
+    ``linspace(1, eps, N)`` (its last step, below eps, takes no noise), or the N + 1 times t(sigma)."""
     if grid is None and sigmas is None:
         ts, dt = time_grid(num_steps, eps, float64_grid)
-        return ts, torch.full((num_steps,), dt, dtype=torch.float64), eps
+        return (ts, torch.full((num_steps,), dt, dtype=torch.float64), eps,
+                torch.linspace(1.0, eps, num_steps, dtype=torch.float64))
     if sigmas is not None:
         levels = check_sigmas(sigmas)
         if levels[-1] == 0:
@@ -72,12 +88,26 @@ def time_steps(schedule: Schedule, num_steps: int, eps: float, float64_grid: boo
                              "the Tweedie denoise instead of a last 0")
     else:
         levels = schedule.sigmas(check_choice("schedule", grid, SIGMA_SCHEDULES), num_steps + 1, eps, rho)
-    times = schedule.time_of_std(levels)
-    return times[:-1].to(torch.float32), times[:-1] - times[1:], float(times[-1])
+    times = schedule.time_of_std(levels).to(torch.float64)
+    return times[:-1].to(torch.float32), times[:-1] - times[1:], float(times[-1]), times
 
 
-def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correction, denoise) -> Plan:
-    """The device plan of the steps (ts, dts); with ``denoise`` a last row ``x + std(t_end)**2 s(x, t_end)``."""
+def brownian_path(times: torch.Tensor, num_steps: int, tol) -> tuple[torch.Tensor, int]:
+    """The predictor's Brownian path over a t grid: the int64 table of tree coordinates, one per
+    grid point and ``num_steps + 1`` in all (:data:`~scoreops.core.brownian.NO_POINT` pads the
+    tutorial grid's end, below eps, whose step takes no noise), and the tree's depth.
+
+    The tree spans the grid's ends, so it depends on eps and ``tol`` but not on the step count.
+    """
+    tree = BrownianTree.from_grid(times, tol)
+    table = tree.grid_table(times)
+    return torch.cat([table, table.new_full((num_steps + 1 - len(table),), NO_POINT)]), tree.depth
+
+
+def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correction, denoise,
+              path: torch.Tensor | None = None) -> Plan:
+    """The device plan of the steps (ts, dts); with ``denoise`` a last row ``x + std(t_end)**2 s(x, t_end)``;
+    ``path``, the Brownian table of :func:`brownian_path` (None for i.i.d. noise), goes to the device."""
     a, b, c = _predictor_coefs(schedule, ts, dts, predictor, correction)
     if denoise:
         t_end = torch.tensor([t_end], dtype=torch.float64)
@@ -87,28 +117,32 @@ def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correcti
     a, b, c = (aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1)) for v in (a, b, c))
     return Plan(t=aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
                 steps=aligned_rows(torch.arange(len(ts), dtype=torch.int64, device=device).reshape(-1, 1)),
-                seed=seed)
+                seed=seed, path=None if path is None else path.to(device))
 
 
 def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, shape,
             seed, x_T, sample_offset, backend, cuda_graph, progress, schedule=None, sigmas=None, rho=7.0,
             denoise=False, predictor="euler_maruyama", correction="time", corrector_steps=0, snr=0.16,
-            noise_norm="fixed", per_sample=False, float64_grid=False) -> torch.Tensor:
+            noise_norm="fixed", per_sample=False, float64_grid=False, noise="iid",
+            brownian_tol=DEFAULT_TOL) -> torch.Tensor:
     """The SDE samplers' common body: check arguments, draw x(1), plan, loop, check the result."""
     num_steps = check_int("num_steps", num_steps, 1 if schedule is not None or sigmas is not None else 2)
     eps = check_eps(eps)
     sample_offset = check_int("sample_offset", sample_offset, 0)
     per_sample = check_bool("per_sample", per_sample)
     denoise = check_bool("denoise", denoise)
+    check_choice("noise", noise, NOISE_KINDS)
     sde = Schedule(marginal_prob_std, diffusion_coeff)
-    ts, dts, t_end = time_steps(sde, num_steps, eps, float64_grid, schedule, sigmas, rho)
+    ts, dts, t_end, times = _time_grid(sde, num_steps, eps, float64_grid, schedule, sigmas, rho)
+    path, depth = brownian_path(times, len(dts), brownian_tol) if noise == "brownian" else (None, 0)
     device = sampling_device(device, x_T, "x_T")
     backend = ops.resolve_backend(backend, device)
     graphed = use_graph(cuda_graph, device, backend, progress)
     seed = seed_tensor(seed, device)
     x_T = starting_sample("x_T", x_T, sde, batch_size, shape, seed, sample_offset, device, backend)
-    plan = make_plan(sde, ts, dts, t_end, x_T.shape[0], device, seed, predictor, correction, denoise)
-    loop = Loop(backend, len(dts), sample_offset, corrector_steps, snr, noise_norm, per_sample, denoise)
+    plan = make_plan(sde, ts, dts, t_end, x_T.shape[0], device, seed, predictor, correction, denoise, path)
+    loop = Loop(backend, len(dts), sample_offset, corrector_steps, snr, noise_norm, per_sample, denoise, noise,
+                depth)
     with torch.no_grad():
         x = run_graphed(name, loop, score_model, x_T, plan, strict=cuda_graph is True) if graphed else None
         if x is None:
@@ -125,8 +159,9 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
 
 
 def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
-              eps=1e-3, *, schedule=None, sigmas=None, rho=7.0, denoise=False, shape=(1, 28, 28), seed=None, x_T=None,
-              sample_offset=0, backend="auto", cuda_graph="auto", progress=False) -> torch.Tensor:
+              eps=1e-3, *, schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid", brownian_tol=DEFAULT_TOL,
+              shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
+              progress=False) -> torch.Tensor:
     """Euler-Maruyama sampler of the reverse VE SDE: ``x <- x + g**2 s dt + g sqrt(dt) z``.
 
     Drop-in for the tutorial's ``Euler_Maruyama_sampler``.
@@ -153,6 +188,13 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
         rho: the Karras grid's exponent.
         denoise: end with one more score evaluation, Tweedie's ``x + std(t)**2 s(x, t)`` at the
             last time (std(eps) on a noise-level grid, eps on the tutorial's).
+        noise: the predictor's step noise: ``"iid"`` (default), fresh normals per step; or
+            ``"brownian"``, the increments of one Brownian path in the time t over the grid's
+            steps (module docstring): the same law, and the same path on any grid through the
+            same times with the same seed. The tree spans the grid's first and last times (1 and
+            eps on the tutorial's grid), whatever the number of steps.
+        brownian_tol: the tree's leaf width, absolute, in units of t (torchsde's default 1e-6);
+            each step must be wider.
         shape: shape of one sample, e.g. (1, 28, 28) or (2,) (ignored when ``x_T`` is given).
         seed: noise-stream seed (int); None draws one from torch's default generator, so
             ``torch.manual_seed`` makes runs reproducible.
@@ -174,13 +216,13 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
     return _sample("em_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, schedule=schedule, sigmas=sigmas, rho=rho,
-                   denoise=denoise)
+                   denoise=denoise, noise=noise, brownian_tol=brownian_tol)
 
 
 def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
-                    eps=1e-3, *, correction="time", schedule=None, sigmas=None, rho=7.0, denoise=False,
-                    shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
-                    progress=False) -> torch.Tensor:
+                    eps=1e-3, *, correction="time", schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid",
+                    brownian_tol=DEFAULT_TOL, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
+                    cuda_graph="auto", progress=False) -> torch.Tensor:
     """The paper's Milstein sampler: EM plus ``1/2 g g' dt (z**2 - 1)``.
 
     ``correction`` chooses g':
@@ -199,20 +241,21 @@ def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_
       diffusion does not depend on x: the sampler then equals :func:`em_sample` given the same
       seed, sample for sample.
 
+    With ``noise="brownian"`` both ``z`` and the ``z**2 - 1`` term take the path's increment.
     Other arguments, the result and the errors are those of :func:`em_sample`.
     """
     check_choice("correction", correction, CORRECTIONS)
     return _sample("milstein_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device,
                    eps, shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor="milstein", correction=correction,
-                   schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise)
+                   schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise, noise=noise, brownian_tol=brownian_tol)
 
 
 def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, snr=0.16,
               device=None, eps=1e-3, *, noise_norm="fixed", corrector_steps=1, predictor="euler_maruyama",
-              correction="time", per_sample=False, schedule=None, sigmas=None, rho=7.0, denoise=False,
-              shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
-              progress=False) -> torch.Tensor:
+              correction="time", per_sample=False, schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid",
+              brownian_tol=DEFAULT_TOL, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
+              cuda_graph="auto", progress=False) -> torch.Tensor:
     """Predictor-corrector sampler: per step, Langevin corrector steps, then a predictor step.
 
     Drop-in for the tutorial's ``pc_sampler`` (corrector first, one corrector step, snr 0.16,
@@ -230,6 +273,8 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
             as in :func:`milstein_sample`).
         per_sample: use each sample's own norms in ``e`` instead of batch means, so that sample i
             does not depend on the rest of its batch.
+        noise, brownian_tol: the predictor's noise, as :func:`em_sample`; the corrector's Langevin
+            noise is i.i.d. either way (it has no time step to span).
     """
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("correction", correction, CORRECTIONS)
@@ -240,4 +285,4 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
                    corrector_steps=corrector_steps, snr=check_positive("snr", snr), noise_norm=noise_norm,
                    per_sample=per_sample, float64_grid=True, schedule=schedule, sigmas=sigmas, rho=rho,
-                   denoise=denoise)
+                   denoise=denoise, noise=noise, brownian_tol=brownian_tol)
