@@ -1,8 +1,9 @@
 """The step update alone: fused scoreops ops against the eager tutorial step and torch.compile of it.
 
 For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor, EM's
-noise-free last step ``em_mean``, and the Euler-ancestral sigma step with i.i.d. or Brownian-tree
-noise) and each size, one run times side by side:
+noise-free last step ``em_mean``, EM with Brownian-tree noise ``em_brownian``, and the
+Euler-ancestral sigma step with i.i.d. or Brownian-tree noise) and each size, one run times side by
+side:
 
 * ``eager``: the tutorial's torch expression, noise from ``torch.randn_like``;
 * ``compile``: ``torch.compile`` of that same function (one static-shape compile per size), with
@@ -116,6 +117,9 @@ class StepInputs:
     path: torch.Tensor       # int64 Brownian-tree coordinates of the ancestral grid
     depth: int               # the tree's depth
     path_step: torch.Tensor  # (1,) int64: the grid step the Brownian row times
+    t_path: torch.Tensor       # int64 Brownian-tree coordinates of EM's t grid, linspace(1, EPS, NUM_STEPS)
+    t_depth: int
+    t_path_step: torch.Tensor  # (1,) int64: the t-grid step the em_brownian row times
 
 
 def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
@@ -129,6 +133,16 @@ def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
     rho = float(grid[k + 1] / grid[k])
     coefs = torch.tensor([rho * rho, 1 - rho * rho, float(grid[k + 1]) * math.sqrt(1 - rho * rho)])
     return coefs, torch.tensor(q), tree.depth, k, counts[k]
+
+
+def t_brownian_setup() -> tuple[torch.Tensor, int, int]:
+    """EM's t grid ``linspace(1, EPS, NUM_STEPS)``: ``(q table, depth, step)`` of its noisy step whose
+    increment takes the most node normals."""
+    grid = torch.linspace(1.0, EPS, NUM_STEPS, dtype=torch.float64)
+    tree = BrownianTree.from_grid(grid)
+    q = tree.grid_table(grid).tolist()
+    k = max(range(NUM_STEPS - 1), key=lambda k: normals_per_element(q[k], q[k + 1], tree.depth))
+    return torch.tensor(q), tree.depth, k
 
 
 def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
@@ -147,12 +161,14 @@ def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
         return torch.full((batch,), v, device=device)
 
     ancestral, path, depth, path_step, _ = brownian_setup()
+    t_path, t_depth, t_path_step = t_brownian_setup()
     return StepInputs(
         x=x, s=-x / std**2, g=full(g), dg=full(dg), G=full(G), dt=torch.tensor(dt, device=device),
         coefs={k: torch.tensor([v], dtype=torch.float32, device=device) for k, v in coefs.items()},
         seed=torch.randint(0, 2**62, (1,), device=device), step=torch.tensor([7], device=device),
         ancestral=ancestral.to(device), path=path.to(device), depth=depth,
-        path_step=torch.tensor([path_step], device=device))
+        path_step=torch.tensor([path_step], device=device), t_path=t_path.to(device), t_depth=t_depth,
+        t_path_step=torch.tensor([t_path_step], device=device))
 
 
 @dataclass(frozen=True)
@@ -164,8 +180,12 @@ class StepCase:
     bytes_per_element: int
 
 
-def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True) -> Callable[[StepInputs, str], torch.Tensor]:
+def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True,
+                    brownian: bool = False) -> Callable[[StepInputs, str], torch.Tensor]:
     def fused(p: StepInputs, backend: str) -> torch.Tensor:
+        if brownian:
+            return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.t_path_step,
+                                path=p.t_path, depth=p.t_depth, backend=backend)
         return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.step,
                             add_noise=add_noise, backend=backend)
     return fused
@@ -193,6 +213,9 @@ CASES: dict[str, StepCase] = {
     # The same bytes without the noise: beside "em" it shows what the in-kernel noise costs.
     "em_mean": StepCase(eager_em_mean, lambda p: (p.x, p.s, p.g, p.dt),
                         _fused_sde_step("em_a", "em_b", "zero", add_noise=False), 12),
+    # EM with z the Brownian tree's increment in t: beside "em" it shows what the tree costs.
+    "em_brownian": StepCase(eager_em, lambda p: (p.x, p.s, p.g, p.dt),
+                            _fused_sde_step("em_a", "em_b", "zero", brownian=True), 12),
     # The sigma-space step with its two kinds of noise (s stands in for the denoiser output): the
     # ratio of their fused times is what the Brownian tree costs.
     "ancestral": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(False), 12),
@@ -318,7 +341,9 @@ kernel). `eager`: the tutorial's step in torch ops with `torch.randn_like`. `com
 `torch.compile(eager step, dynamic=False)`, inductor's own random numbers fused into its kernel;
 `compile (aten rng)` (CPU only): the same with `fallback_random=True`, aten's `randn_like` beside
 fused arithmetic. Each compiled per size and warmed up. `em_mean`: EM's last step, the mean
-without noise, the same bytes as `em`. `ancestral`: k-diffusion's Euler-ancestral step as one
+without noise, the same bytes as `em`. `em_brownian`: the `em` step with z the Brownian tree's
+increment in t (`noise="brownian"` of the t-grid samplers), at the step of the tutorial's 500-point
+grid that takes the most node normals. `ancestral`: k-diffusion's Euler-ancestral step as one
 `sigma_step` (a x + b D + e z); `ancestral_brownian`: the same step with z the Brownian tree's
 increment (`noise="brownian"`), at the step of a 20-level Karras grid that takes the most node
 normals; both against the same eager step with `torch.randn_like`. `error`: why a case has no times.
