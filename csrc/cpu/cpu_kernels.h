@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "brownian.h"
 #include "ops.h"
 #include "philox.h"
 
@@ -120,5 +121,19 @@ void fill_normals(StreamKey key, int64_t j0, int64_t n, float* out);
 void fill_words(StreamKey key, int64_t g0, int64_t groups, uint32_t* out);
 // sum_j v[j]^2 in float32 with 16 partial sums, which vectorise.
 float sum_squares(const float* v, int64_t n);
+
+// The Brownian-tree node normals of elements [begin, begin + n) of one sample: the stream's, with
+// the node as the step word and the tree's own lane.
+struct TileNormals {
+  int64_t seed, sample, begin, n;
+
+  void operator()(uint32_t node, float* z) const {
+    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
+  }
+};
+
+// The Brownian increment of one tile into z (noise.cpp; its elementwise loops are cloned per ISA).
+void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
+                    float* z);
 
 }  // namespace scoreops::cpu

@@ -121,6 +121,12 @@ void fill_normals(StreamKey key, int64_t j0, int64_t n, float* out) {
 }
 
 SCOREOPS_CPU_CLONES
+void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
+                    float* z) {
+  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
+}
+
+SCOREOPS_CPU_CLONES
 void fill_words(StreamKey key, int64_t g0, int64_t groups, uint32_t* out) {
   for (int64_t g = 0; g < groups; ++g) {
     philox4x32_10(static_cast<uint32_t>(g0 + g), key, out + 4 * g);

@@ -26,23 +26,6 @@ void axpy(float a, const float* x, int64_t n, float* __restrict acc) {
   }
 }
 
-// The node normals of elements [begin, begin + n) of one sample: the stream's, with the node as
-// the step word and the tree's own lane.
-struct TileNormals {
-  int64_t seed, sample, begin, n;
-
-  void operator()(uint32_t node, float* z) const {
-    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
-  }
-};
-
-// The Brownian increment of one tile into z; the elementwise loops are cloned per ISA here.
-SCOREOPS_CPU_CLONES
-void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z) {
-  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
-}
-
 template <typename scalar_t>
 void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::vector<const scalar_t*>& terms,
                      const std::vector<float>& coefs, const StreamArgs& noise, bool add_noise,

@@ -41,23 +41,6 @@ void mean_update_into(const float* x, const float* s, float a, int64_t n, float*
   }
 }
 
-// The node normals of elements [begin, begin + n) of one sample: the stream's, with the node as
-// the step word and the tree's own lane.
-struct TileNormals {
-  int64_t seed, sample, begin, n;
-
-  void operator()(uint32_t node, float* z) const {
-    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
-  }
-};
-
-// The Brownian increment of one tile into z; the elementwise loops are cloned per ISA here.
-SCOREOPS_CPU_CLONES
-void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z) {
-  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
-}
-
 // Writes the step of contiguous (B, D) x and s into out, which may be x itself; walk (or null for
 // the stream's normals) is the step's Brownian walk.
 template <typename scalar_t>
