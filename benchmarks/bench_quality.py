@@ -474,6 +474,10 @@ def run(args: argparse.Namespace) -> dict:
     keys = {(spec, seed): cache_key(spec, seed, context, code[spec.library])
             for spec in specs for seed in range(seeds[spec])}
     todo = [(spec, seed) for (spec, seed), key in keys.items() if args.fresh or key not in cache]
+    # The libraries' runs of one sampler, budget and seed follow each other, so that a machine whose
+    # speed drifts over the run (load, clocks) moves every library's seconds alike.
+    todo.sort(key=lambda run: (run[0].sampler, run[0].budget or 0, dict(run[0].options).get("rtol", 0),
+                               dict(run[0].options).get("tol", 0), run[1]))
     print(f"bench_quality: {len(keys)} runs, {len(keys) - len(todo)} cached, {len(todo)} to measure", flush=True)
 
     calls = [0]
