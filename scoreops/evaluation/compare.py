@@ -41,7 +41,8 @@ SAMPLERS = ("pc", "em", "ode", "milstein")
 ALL_SAMPLERS = SAMPLERS + tuple(samplers.FEW_STEP_SAMPLERS)
 #: ``scoreops sample``'s default, and the few-step samplers' steps in the figures: the best FD per
 #: second that benchmarks/bench_quality.py measured on the digits model (DPM-Solver++(2M) SDE at
-#: 10 steps = 10 NFE; see the README's "Time to quality").
+#: 10 steps = 10 NFE: FD 15.8 +- 2.4 over 10 seeds in 1.4 s per 512 samples on a 2-core CPU, where
+#: EM needs 1000 NFE and 167 s for 15.0; see the README's "Time to quality").
 DEFAULT_SAMPLER = "dpmpp_2m_sde"
 DEFAULT_FEW_STEPS = 10
 LABELLED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
