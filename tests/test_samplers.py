@@ -578,3 +578,34 @@ def test_compiled_models_are_made_once_per_model_and_mode(monkeypatch):
     assert "_scoreops_compiled" not in dict(model.named_modules()) and len(model.state_dict()) == 2
     with pytest.raises(ValueError, match="compile must be True, False or one of"):
         samplers.inputs.compiled(model, "fast")
+
+
+@pytest.mark.parametrize("name", ["em_sample", "pc_sample", "ode_sample", "heun_sample", "dpmpp_2m_sde_sample",
+                                  "adaptive_sde_sample"])
+def test_samplers_sample_with_the_compiled_model(name, monkeypatch, seed):
+    """compile=True hands the score model to torch.compile (stubbed: it records the model and
+    counts the wrapper's calls) and samples with what it returns."""
+    mixture = GaussianMixture2D()
+    seen = []
+
+    class Compiled(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x, t):
+            Compiled.calls += 1
+            return mixture.score(x, t)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(model) or Compiled())
+    model = torch.nn.Module()  # a module, so compiled() keeps its compiled form
+    model.forward = lambda x, t: mixture.score(x, t)
+    fn = getattr(scoreops, name)
+    steps = {"ode_sample": (), "adaptive_sde_sample": ()}.get(name, (8,))
+    kw = dict(shape=(2,), seed=seed & 0xFFFF, device="cpu")
+    args = (model, VESDE(25.0), None, 16, *steps)
+    if name == "adaptive_sde_sample":
+        kw["rtol"] = 0.1
+    got = fn(*args, compile=True, **kw)
+    assert seen == [model] and Compiled.calls > 0
+    torch.testing.assert_close(got, fn(*args, **kw))
+    fn(*args, compile=True, **kw)
+    assert seen == [model], "the compiled model must be reused, not compiled again"

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..core.checks import check_bool, check_int, check_positive
 from ..sde import VESDE
-from .inputs import check_eps, checked, sampling_device, seed_tensor, starting_sample
+from .inputs import check_eps, checked, compiled, sampling_device, seed_tensor, starting_sample
 from .schedule import Schedule
 
 #: A sample is done when ``t - eps`` is at most this.
@@ -107,7 +107,7 @@ def _device_diffusion(marginal_prob_std, diffusion_coeff):
 def adaptive_sde_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, device=None, eps=1e-3,
                         *, rtol=0.01, atol=0.0039, h_init=0.01, shape=(1, 28, 28), seed=None, x_T=None,
                         sample_offset=0, check_every=8, max_attempts=10_000, progress=False, full_output=False,
-                        backend="auto"):
+                        backend="auto", compile=False):
     """Adaptive SDE sampler of the reverse VE SDE (Jolicoeur-Martineau et al. 2021), per-sample steps.
 
     See the module docstring for the method. Each attempt costs two score evaluations, accepted
@@ -130,6 +130,8 @@ def adaptive_sde_sample(score_model, marginal_prob_std, diffusion_coeff=None, ba
         progress: show a tqdm bar of the slowest sample's progress from t = 1 to eps.
         full_output: return an :class:`AdaptiveSDEResult` (samples and NFE counts) instead of
             the samples alone.
+        compile: False, True or a ``torch.compile`` mode: sample with the score model compiled
+            once per model and mode (:func:`scoreops.samplers.inputs.compiled`).
     Returns:
         x(eps) after the final denoise, of shape ``(B, *shape)`` and x_T's dtype (float32 by
         default), or an :class:`AdaptiveSDEResult`.
@@ -138,6 +140,7 @@ def adaptive_sde_sample(score_model, marginal_prob_std, diffusion_coeff=None, ba
         RuntimeError: NaN or Inf in the score or the state, or the samples not done after
             ``max_attempts`` attempts.
     """
+    score_model = compiled(score_model, compile)
     eps = check_eps(eps)
     rtol, atol = check_positive("rtol", rtol), _check_atol(atol)
     h_init = _check_h_init(h_init, eps)

@@ -19,7 +19,7 @@ from ..core.checks import check_bool, check_choice, check_int
 from ..sde import prior_sample
 from . import sigma_space
 from .denoiser import score_to_denoiser
-from .inputs import check_eps, sampling_device, seed_tensor
+from .inputs import check_eps, compiled, sampling_device, seed_tensor
 from .schedule import SIGMA_SCHEDULES, Schedule
 
 
@@ -46,8 +46,9 @@ def sigma_grid(marginal_prob_std, num_steps: int = 20, eps: float = 1e-3, *, sch
 
 
 def _sample(core, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, schedule,
-            sigmas, rho, denoise, shape, seed, x_T, sample_offset, backend, cuda_graph, progress, **options):
+            sigmas, rho, denoise, shape, seed, x_T, sample_offset, backend, cuda_graph, progress, compile, **options):
     """The wrappers' common body: grid, denoiser and starting sample, then the sigma-space sampler."""
+    score_model = compiled(score_model, compile)
     for name in ("noise", "brownian_tol"):
         if name in options and name not in inspect.signature(core).parameters:
             raise ValueError(f"{core.__name__} takes no {name}=: it draws no noise over the grid's intervals; "
@@ -76,11 +77,12 @@ def _wrapper(core, name: str, nfe: str):
     """The tutorial-style sampler of the sigma-space sampler ``core``."""
     def sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=20, device=None,
                eps=1e-3, *, schedule="karras", sigmas=None, rho=7.0, denoise=True, shape=(1, 28, 28), seed=None,
-               x_T=None, sample_offset=0, backend="auto", cuda_graph="auto", progress=False, **options):
+               x_T=None, sample_offset=0, backend="auto", cuda_graph="auto", progress=False, compile=False,
+               **options):
         return _sample(core, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                        schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise, shape=shape, seed=seed, x_T=x_T,
                        sample_offset=sample_offset, backend=backend, cuda_graph=cuda_graph, progress=progress,
-                       **options)
+                       compile=compile, **options)
 
     sample.__name__ = sample.__qualname__ = name
     sample.__doc__ = f"""{core.__doc__.strip().splitlines()[0]}
@@ -100,6 +102,8 @@ def _wrapper(core, name: str, nfe: str):
             first use and replays it after; ``"auto"`` does so on CUDA with a graph-safe backend
             (falling back to the plain loop if capture fails); see
             :func:`scoreops.samplers.sigma_space.{core.__name__}`.
+        compile: False, True or a ``torch.compile`` mode: sample with the score model compiled
+            once per model and mode (:func:`scoreops.samplers.inputs.compiled`).
         **options: the sampler's own, see :func:`scoreops.samplers.sigma_space.{core.__name__}`.
     Returns:
         The samples, (B, *shape).

@@ -9,7 +9,7 @@ import torch
 
 from .. import ops
 from ..core.checks import check_int, check_positive
-from .inputs import check_eps, checked, sampling_device, seed_tensor, starting_sample
+from .inputs import check_eps, checked, compiled, sampling_device, seed_tensor, starting_sample
 from .schedule import Schedule
 
 #: The ODE's smallest tolerance. Its error estimates are float32 sums: on a small ScoreNet a
@@ -129,7 +129,7 @@ def _dopri5(fun, t0: float, t1: float, y0: torch.Tensor, atol: float, rtol: floa
 
 def ode_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, atol=1e-5, rtol=1e-5,
                device=None, z=None, eps=1e-3, *, shape=(1, 28, 28), seed=None, sample_offset=0, backend="auto",
-               full_output=False):
+               full_output=False, compile=False):
     """Probability-flow ODE sampler: ``dx/dt = -1/2 g(t)**2 s(x, t)`` from t = 1 to eps.
 
     Drop-in for the tutorial's ``ode_sampler``. It integrates with adaptive Dormand-Prince 5(4)
@@ -153,12 +153,15 @@ def ode_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=
             of the noise stream when None).
         full_output: return an :class:`ODEResult` (samples, nfe, accepted and rejected steps)
             instead of the samples alone.
+        compile: False, True or a ``torch.compile`` mode: sample with the score model compiled
+            once per model and mode (:func:`scoreops.samplers.inputs.compiled`).
     Returns:
         x(eps) of shape ``(B, *shape)``, or an :class:`ODEResult`.
     Raises:
         ValueError / TypeError: bad arguments, or a model whose output does not fit x.
         RuntimeError: NaN or Inf in the score or the state, naming the time interval.
     """
+    score_model = compiled(score_model, compile)
     eps = check_eps(eps)
     atol, rtol = check_positive("atol", atol), check_positive("rtol", rtol)
     if min(atol, rtol) < ODE_TOL_FLOOR:

@@ -37,7 +37,7 @@ from .. import ops
 from ..core.brownian import DEFAULT_TOL, NO_POINT, BrownianTree
 from ..core.checks import check_bool, check_choice, check_int, check_positive
 from .cuda_graph import run_graphed, use_graph
-from .inputs import check_eps, sampling_device, seed_tensor, starting_sample
+from .inputs import check_eps, compiled, sampling_device, seed_tensor, starting_sample
 from .loop import Loop, Plan, aligned_rows
 from .schedule import SIGMA_SCHEDULES, Schedule, time_grid
 from .sigma_space import NOISE_KINDS, check_sigmas
@@ -124,8 +124,9 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
             seed, x_T, sample_offset, backend, cuda_graph, progress, schedule=None, sigmas=None, rho=7.0,
             denoise=False, predictor="euler_maruyama", correction="time", corrector_steps=0, snr=0.16,
             noise_norm="fixed", per_sample=False, float64_grid=False, noise="iid",
-            brownian_tol=DEFAULT_TOL) -> torch.Tensor:
+            brownian_tol=DEFAULT_TOL, compile=False) -> torch.Tensor:
     """The SDE samplers' common body: check arguments, draw x(1), plan, loop, check the result."""
+    score_model = compiled(score_model, compile)
     num_steps = check_int("num_steps", num_steps, 1 if schedule is not None or sigmas is not None else 2)
     eps = check_eps(eps)
     sample_offset = check_int("sample_offset", sample_offset, 0)
@@ -161,7 +162,7 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
 def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
               eps=1e-3, *, schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid", brownian_tol=DEFAULT_TOL,
               shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto", cuda_graph="auto",
-              progress=False) -> torch.Tensor:
+              progress=False, compile=False) -> torch.Tensor:
     """Euler-Maruyama sampler of the reverse VE SDE: ``x <- x + g**2 s dt + g sqrt(dt) z``.
 
     Drop-in for the tutorial's ``Euler_Maruyama_sampler``.
@@ -207,6 +208,9 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
             after; "auto" does so on CUDA with a graph-safe backend, falling back to the plain
             loop (with a warning) where the model cannot be captured; False never does.
         progress: show a tqdm bar over the steps (plain loop only).
+        compile: False, True or a ``torch.compile`` mode: sample with the score model compiled
+            once per model and mode (:func:`scoreops.samplers.inputs.compiled`); on a CPU that pays
+            for long or repeated runs, not for one short one.
     Returns:
         The last step's mean, a tensor of shape ``(B, *shape)``.
     Raises:
@@ -216,13 +220,13 @@ def em_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
     return _sample("em_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps,
                    shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, schedule=schedule, sigmas=sigmas, rho=rho,
-                   denoise=denoise, noise=noise, brownian_tol=brownian_tol)
+                   denoise=denoise, noise=noise, brownian_tol=brownian_tol, compile=compile)
 
 
 def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, device=None,
                     eps=1e-3, *, correction="time", schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid",
                     brownian_tol=DEFAULT_TOL, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
-                    cuda_graph="auto", progress=False) -> torch.Tensor:
+                    cuda_graph="auto", progress=False, compile=False) -> torch.Tensor:
     """The paper's Milstein sampler: EM plus ``1/2 g g' dt (z**2 - 1)``.
 
     ``correction`` chooses g':
@@ -248,14 +252,15 @@ def milstein_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_
     return _sample("milstein_sample", score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device,
                    eps, shape=shape, seed=seed, x_T=x_T, sample_offset=sample_offset, backend=backend,
                    cuda_graph=cuda_graph, progress=progress, predictor="milstein", correction=correction,
-                   schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise, noise=noise, brownian_tol=brownian_tol)
+                   schedule=schedule, sigmas=sigmas, rho=rho, denoise=denoise, noise=noise, brownian_tol=brownian_tol,
+                   compile=compile)
 
 
 def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=64, num_steps=500, snr=0.16,
               device=None, eps=1e-3, *, noise_norm="fixed", corrector_steps=1, predictor="euler_maruyama",
               correction="time", per_sample=False, schedule=None, sigmas=None, rho=7.0, denoise=False, noise="iid",
               brownian_tol=DEFAULT_TOL, shape=(1, 28, 28), seed=None, x_T=None, sample_offset=0, backend="auto",
-              cuda_graph="auto", progress=False) -> torch.Tensor:
+              cuda_graph="auto", progress=False, compile=False) -> torch.Tensor:
     """Predictor-corrector sampler: per step, Langevin corrector steps, then a predictor step.
 
     Drop-in for the tutorial's ``pc_sampler`` (corrector first, one corrector step, snr 0.16,
@@ -285,4 +290,4 @@ def pc_sample(score_model, marginal_prob_std, diffusion_coeff=None, batch_size=6
                    cuda_graph=cuda_graph, progress=progress, predictor=predictor, correction=correction,
                    corrector_steps=corrector_steps, snr=check_positive("snr", snr), noise_norm=noise_norm,
                    per_sample=per_sample, float64_grid=True, schedule=schedule, sigmas=sigmas, rho=rho,
-                   denoise=denoise, noise=noise, brownian_tol=brownian_tol)
+                   denoise=denoise, noise=noise, brownian_tol=brownian_tol, compile=compile)
