@@ -87,7 +87,7 @@ def test_op_matches_the_formula(backend, device, shape, dtype, seed):
     want_high, want_err = _reference(x, x_low, x_prev, s, a, b, seed, step, lane, offset, ATOL, RTOL)
     torch.testing.assert_close(high.cpu().double(), want_high, **TOL[dtype])
     torch.testing.assert_close(err.cpu().double(), want_err, **ERR_TOL)
-    assert (want_err > 0.5).all()  # the inputs make errors of order 1, not a trivial 0
+    assert (want_err > 0).all()  # not a trivial comparison of zeros (a random error is 0 with probability 0)
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
