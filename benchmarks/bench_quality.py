@@ -68,6 +68,9 @@ SDE_NFE = (50, 100, 200, 500, 1000)
 # Adaptive solvers spend what their tolerance asks; their NFE is counted like everyone's.
 ODE_TOLERANCES = (1e-2, 1e-3, 1e-4)
 ADAPTIVE_SDE_RTOLS = (0.05, 0.02, 0.01)  # 0.01: Jolicoeur-Martineau et al.'s default
+# Besides the tutorial's PC: the reverse-diffusion predictor on a log-sigma grid, as score_sde's
+# and diffusers' ScoreSdeVe sampler walk it.
+PC_VARIANTS = ((), (("predictor", "reverse_diffusion"), ("schedule", "log_sigma")))
 K_ADAPTIVE_RTOLS = (0.2, 0.1, 0.05)
 # k-diffusion's sampler of each scoreops few-step sampler it also has.
 K_SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "euler_ancestral": "sample_euler_ancestral",
@@ -140,7 +143,8 @@ def build_grid(names: list[str], budgets: tuple[int, ...] | None, quick: bool,
                 specs += [Spec(library, name, options=(("rtol", rtol),)) for rtol in K_ADAPTIVE_RTOLS]
             else:
                 grid = budgets or (QUICK["nfe"] if quick else SDE_NFE if name in SDE else FEW_STEP_NFE)
-                specs += [Spec(library, name, b, steps_for(name, b)) for b in grid
+                variants = PC_VARIANTS if (library, name) == ("scoreops", "pc") else ((),)
+                specs += [Spec(library, name, b, steps_for(name, b), options) for options in variants for b in grid
                           if steps_for(name, b) >= min_steps(name)]
     return specs
 
@@ -239,7 +243,8 @@ def sample(spec: Spec, score, denoiser, x: torch.Tensor, sde, seed: int, k_sampl
                                             seed=seed)
     fn = {"em": samplers.em_sample, "milstein": samplers.milstein_sample, "pc": samplers.pc_sample}[spec.sampler]
     # No graph capture: a replayed graph would call the model without being counted.
-    return fn(score, sde, None, x.shape[0], spec.steps, x_T=x, seed=seed, device=device, cuda_graph=False)
+    return fn(score, sde, None, x.shape[0], spec.steps, x_T=x, seed=seed, device=device, cuda_graph=False,
+              **options)
 
 
 # --------------------------------------------------------------------------- the report

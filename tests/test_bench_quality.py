@@ -48,7 +48,8 @@ def test_quality_counts_nfe_writes_reports_and_reuses_its_cache(tmp_path, monkey
     rows = result["rows"]
     assert json.loads((out / "quality.json").read_text()) == result
     assert result["data_floor_fd"] > 0 and result["settings"]["samples"] == 16
-    assert [r["sampler"] for r in rows if r["library"] == "scoreops"] == list(EXPECTED_NFE)
+    assert [(r["sampler"], r["options"]) for r in rows if r["library"] == "scoreops"] == [
+        (name, {}) for name in EXPECTED_NFE] + [("pc", {"predictor": "reverse_diffusion", "schedule": "log_sigma"})]
     for row in rows:
         assert row["nfe"] == EXPECTED_NFE[row["sampler"]] and row["nfe_per_seed"] == [row["nfe"]]
         assert len(row["fds"]) == 1 and row["fd_std"] is None and row["seconds"] > 0
