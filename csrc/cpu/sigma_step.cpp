@@ -53,20 +53,6 @@ void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::v
   });
 }
 
-// The walk of step `step` of the path table: from path[step] to path[step + 1], read on the host.
-BrownianWalk host_walk(const at::Tensor& path, int64_t step, int64_t depth) {
-  const int64_t points = path.size(0);
-  TORCH_CHECK_VALUE(step >= 0 && step + 1 < points, "sigma_step: step ", step, " has no interval in the path table of ",
-                    points, " points");
-  const at::Tensor p = path.contiguous();
-  const int64_t q_from = p.const_data_ptr<int64_t>()[step], q_to = p.const_data_ptr<int64_t>()[step + 1];
-  const BrownianWalk walk = brownian_walk(q_from, q_to, depth);
-  TORCH_CHECK_VALUE(walk.valid, "sigma_step: path[", step, "] = ", q_from, " and path[", step + 1, "] = ", q_to,
-                    " must be distinct tree coordinates in [0, 2**depth = ", int64_t{1} << depth,
-                    "] (-1 marks a grid point at sigma = 0, which takes no noise)");
-  return walk;
-}
-
 at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
                       const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
                       const std::optional<at::Tensor>& path, int64_t depth) {
@@ -84,7 +70,7 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   const StreamArgs noise = host_stream_args(seed, step, lane, sample_offset);
   std::optional<BrownianWalk> walk;
   if (add_noise && path.has_value()) {
-    walk = host_walk(*path, noise.step, depth);
+    walk = host_walk("sigma_step", *path, noise.step, depth);
   }
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {

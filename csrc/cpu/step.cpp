@@ -75,20 +75,6 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
   });
 }
 
-// The walk of step `step` of the path table: from path[step] to path[step + 1], read on the host.
-BrownianWalk host_walk(const at::Tensor& path, int64_t step, int64_t depth) {
-  const int64_t points = path.size(0);
-  TORCH_CHECK_VALUE(step >= 0 && step + 1 < points, "sde_step: step ", step, " has no interval in the path table of ",
-                    points, " points");
-  const at::Tensor p = path.contiguous();
-  const int64_t q_from = p.const_data_ptr<int64_t>()[step], q_to = p.const_data_ptr<int64_t>()[step + 1];
-  const BrownianWalk walk = brownian_walk(q_from, q_to, depth);
-  TORCH_CHECK_VALUE(walk.valid, "sde_step: path[", step, "] = ", q_from, " and path[", step + 1, "] = ", q_to,
-                    " must be distinct tree coordinates in [0, 2**depth = ", int64_t{1} << depth,
-                    "] (-1 marks a grid point that takes no noise)");
-  return walk;
-}
-
 // Writes the step of x into out: contiguous, x's shape and dtype, possibly x itself.
 void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
                   const at::Tensor& b, const at::Tensor& c, const StreamArgs& noise, bool add_noise,
@@ -98,7 +84,7 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
   }
   std::optional<BrownianWalk> walk;
   if (add_noise && path.has_value()) {
-    walk = host_walk(*path, noise.step, depth);
+    walk = host_walk("sde_step", *path, noise.step, depth);
   }
   const at::Tensor xc = x.contiguous(), sc = s.contiguous();
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import triton
 import triton.language as tl
 
@@ -130,3 +131,18 @@ def path_increment(seed_ptr, sample_offset, sample, group, step_ptr, path_ptr, p
     q_to = tl.load(path_ptr + k + 1)
     return brownian_increment(seed_ptr, sample_offset, sample, group, q_from, q_to, depth, inside)
 
+
+def check_path(op: str, path: torch.Tensor | None, depth: int, x: torch.Tensor) -> None:
+    """path is None or a 1-D int64 table of at least 2 coordinates on x's device, 0 <= depth <= 32."""
+    if path is None:
+        return
+    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
+        raise TypeError(f"{op}: path must be an int64 tensor, got "
+                        f"{path.dtype if isinstance(path, torch.Tensor) else type(path).__name__}")
+    if path.device != x.device:
+        raise ValueError(f"{op}: path is on {path.device} but x is on {x.device}")
+    if path.dim() != 1 or path.shape[0] < 2:
+        raise ValueError(f"{op}: path must be a 1-D table of at least 2 tree coordinates (one per grid point), "
+                         f"got shape {tuple(path.shape)}")
+    if not 0 <= depth <= brownian.MAX_DEPTH:
+        raise ValueError(f"{op}: depth must be in [0, {brownian.MAX_DEPTH}], got {depth}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from scoreops.core.brownian import MAX_DEPTH
 from scoreops.core.checks import COEF_LAYOUTS, check_batched, check_float, coef_layout
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device,
                       check_no_partial_overlap, mul, round_to, sample_groups, triton_op, wrap_triton)
-from .brownian import path_increment
+from .brownian import check_path, path_increment
 from .philox import stream_normals
 
 
@@ -75,22 +74,6 @@ def _coef_mode(name: str, coef: torch.Tensor, x: torch.Tensor) -> int:
     if coef.device != x.device:
         raise ValueError(f"{name} is on {coef.device}, expected {x.device}")
     return COEF_LAYOUTS.index(coef_layout(name, coef.shape, x.shape))
-
-
-def check_path(op: str, path: torch.Tensor | None, depth: int, x: torch.Tensor) -> None:
-    """path is None or a 1-D int64 table of at least 2 coordinates on x's device, 0 <= depth <= 32."""
-    if path is None:
-        return
-    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
-        raise TypeError(f"{op}: path must be an int64 tensor, got "
-                        f"{path.dtype if isinstance(path, torch.Tensor) else type(path).__name__}")
-    if path.device != x.device:
-        raise ValueError(f"{op}: path is on {path.device} but x is on {x.device}")
-    if path.dim() != 1 or path.shape[0] < 2:
-        raise ValueError(f"{op}: path must be a 1-D table of at least 2 tree coordinates (one per grid point), "
-                         f"got shape {tuple(path.shape)}")
-    if not 0 <= depth <= MAX_DEPTH:
-        raise ValueError(f"{op}: depth must be in [0, {MAX_DEPTH}], got {depth}")
 
 
 def _sde_step_into(out, x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth) -> None:

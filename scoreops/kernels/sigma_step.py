@@ -14,12 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-from scoreops.core.brownian import MAX_DEPTH
 from scoreops.core.checks import MAX_TERMS, check_batched, check_float
 
 from ._common import (BLOCK_PAIRS, UINT32_MASK, block_size, check_counters, check_device, mul, round_to,
                       sample_groups, triton_op, wrap_triton)
-from .brownian import path_increment
+from .brownian import check_path, path_increment
 from .philox import stream_normals
 
 
@@ -80,22 +79,6 @@ def _check_coefs(coefs: torch.Tensor, k: int, x: torch.Tensor) -> None:
                          f"got shape {tuple(coefs.shape)}")
 
 
-def _check_path(path: torch.Tensor | None, depth: int, x: torch.Tensor) -> None:
-    """path is None or a 1-D int64 table of at least 2 coordinates on x's device, 0 <= depth <= 32."""
-    if path is None:
-        return
-    if not isinstance(path, torch.Tensor) or path.dtype != torch.int64:
-        raise TypeError(f"triton_sigma_step: path must be an int64 tensor, got "
-                        f"{path.dtype if isinstance(path, torch.Tensor) else type(path).__name__}")
-    if path.device != x.device:
-        raise ValueError(f"triton_sigma_step: path is on {path.device} but x is on {x.device}")
-    if path.dim() != 1 or path.shape[0] < 2:
-        raise ValueError(f"triton_sigma_step: path must be a 1-D table of at least 2 tree coordinates (one per grid "
-                         f"point), got shape {tuple(path.shape)}")
-    if not 0 <= depth <= MAX_DEPTH:
-        raise ValueError(f"triton_sigma_step: depth must be in [0, {MAX_DEPTH}], got {depth}")
-
-
 @triton_op("scoreops::triton_sigma_step", mutates_args=())
 def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, seed: torch.Tensor,
                step: torch.Tensor, lane: int, sample_offset: int, add_noise: bool,
@@ -124,7 +107,7 @@ def sigma_step(x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor, 
     for k, t in enumerate(terms):
         check_float(f"terms[{k}]", t, like=x)
     _check_coefs(coefs, len(terms), x)
-    _check_path(path, depth, x)
+    check_path("triton_sigma_step", path, depth, x)
     check_device("x", x)
     check_counters(seed, step, x.device)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)

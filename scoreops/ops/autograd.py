@@ -5,8 +5,8 @@ and Triton ops the same gradients, so that a kernel backend can run under autogr
 
 * ``sde_step``: ``out = x + a*s + b*z + c*(z*z - 1)`` is linear in x, s, a, b and c. The
   backward pass makes z again from the stream (the same backend's ``philox_normal``) instead
-  of storing it; with a Brownian path, by the op itself with ``(a, b, c) = (0, 1, 0)`` on zeros,
-  so the gradients of b and c take the forward pass's increment to the bit.
+  of storing it; with a Brownian path, by ``sigma_step`` with coefficients (0, 1) on zeros, which
+  walks the tree with the same code, so the gradients of b and c take the forward's increment.
 * ``sample_sq_norms``: column 0 is ``sum(s**2)`` per sample, so its gradient is ``2 s``; column 1
   (the noise's norm) does not depend on s.
 * ``rk_combine``: ``y + h * sum_j c_j k_j`` is linear in y and every k_j.
@@ -44,16 +44,22 @@ def _sde_step_setup(ctx, inputs, output) -> None:
     ctx.path = (path, depth)  # an int64 table: no gradient
 
 
-def _sde_step_backward(philox_normal, sde_step):
+def _step_noise(philox_normal, sigma_step):
+    """``noise(ctx, seed, step, batch, numel, device)``: the z a noisy step drew, made again, float32
+    (batch, numel): the stream's, or with a Brownian path the op's own increment (sigma_step with
+    coefficients (0, 1), which walks the tree as every step op does), so it is the forward's to the bit."""
     def noise(ctx, seed, step, batch, numel, device):
         lane, sample_offset, _ = ctx.stream
         path, depth = ctx.path
         if path is None:
             return philox_normal(seed, step, lane, sample_offset, batch, numel)
         zeros = torch.zeros(batch, numel, dtype=torch.float32, device=device)
-        zero, one = (torch.full((1,), v, dtype=torch.float32, device=device) for v in (0.0, 1.0))
-        return sde_step(zeros, zeros, zero, one, zero, seed, step, lane, sample_offset, True, path, depth)
+        unit = torch.tensor([0.0, 1.0], dtype=torch.float32, device=device)
+        return sigma_step(zeros, [], unit, seed, step, lane, sample_offset, True, path, depth)
+    return noise
 
+
+def _sde_step_backward(noise):
     def backward(ctx, grad):
         s, a, b, c, seed, step = ctx.saved_tensors
         lane, sample_offset, add_noise = ctx.stream
@@ -100,16 +106,7 @@ def _sigma_step_setup(ctx, inputs, output) -> None:
     ctx.path = (path, depth)  # an int64 table: no gradient
 
 
-def _sigma_step_backward(philox_normal, sigma_step):
-    def noise(ctx, seed, step, batch, numel, device):
-        lane, sample_offset, _ = ctx.stream
-        path, depth = ctx.path
-        if path is None:
-            return philox_normal(seed, step, lane, sample_offset, batch, numel)
-        zeros = torch.zeros(batch, numel, dtype=torch.float32, device=device)
-        unit = torch.tensor([0.0, 1.0], dtype=torch.float32, device=device)
-        return sigma_step(zeros, [], unit, seed, step, lane, sample_offset, True, path, depth)
-
+def _sigma_step_backward(noise):
     def backward(ctx, grad):
         x, coefs, seed, step, *terms = ctx.saved_tensors
         lane, sample_offset, add_noise = ctx.stream
@@ -137,15 +134,15 @@ def _sigma_step_backward(philox_normal, sigma_step):
 
 def _register(prefix: str) -> None:
     ops = torch.ops.scoreops
-    torch.library.register_autograd(f"scoreops::{prefix}sde_step", _sde_step_backward(
-        getattr(ops, f"{prefix}philox_normal"), getattr(ops, f"{prefix}sde_step")), setup_context=_sde_step_setup)
+    noise = _step_noise(getattr(ops, f"{prefix}philox_normal"), getattr(ops, f"{prefix}sigma_step"))
+    torch.library.register_autograd(f"scoreops::{prefix}sde_step", _sde_step_backward(noise),
+                                    setup_context=_sde_step_setup)
     torch.library.register_autograd(f"scoreops::{prefix}sample_sq_norms", _sq_norms_backward,
                                     setup_context=_sq_norms_setup)
     torch.library.register_autograd(f"scoreops::{prefix}rk_combine", _rk_combine_backward,
                                     setup_context=_rk_combine_setup)
-    torch.library.register_autograd(f"scoreops::{prefix}sigma_step", _sigma_step_backward(
-        getattr(ops, f"{prefix}philox_normal"), getattr(ops, f"{prefix}sigma_step")),
-        setup_context=_sigma_step_setup)
+    torch.library.register_autograd(f"scoreops::{prefix}sigma_step", _sigma_step_backward(noise),
+                                    setup_context=_sigma_step_setup)
 
 
 def register_triton_autograd() -> None:
