@@ -3,7 +3,9 @@
 The stochastic few-step samplers run on one model from the same prior noise (one seed) at two
 step counts, once with the default i.i.d. step noise and once with ``noise="brownian"``, whose
 increments all come from one Brownian path in sigma. The benchmark prints the mean per-sample
-RMS pixel distance between the two step counts' samples (lower: the picture stayed), and draws
+RMS pixel distance between the two step counts' samples (lower: the picture stayed), the
+seconds of the same runs (each noise kind's pair of runs back to back, so their ratio shares the
+machine's state), and draws
 the same seeds at a few step counts for both noise kinds (``--figure``).
 
 Run ``python benchmarks/brownian_stability.py --help``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -99,13 +102,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         row = {"sampler": name}
         for noise in NOISES:
+            start = time.perf_counter()
             a, b = (draw(model, sde, shape, name, noise, n, args.samples, args.seed) for n in pair)
+            row[f"{noise}_seconds"] = time.perf_counter() - start
             row[noise] = rms_distance(a, b)
         row["ratio"] = row["brownian"] / row["iid"] if row["iid"] > 0 else math.nan
+        row["time_ratio"] = row["brownian_seconds"] / row["iid_seconds"]
         rows.append(row)
-    lines = [f"| sampler | RMS distance, {pair[0]} vs {pair[1]} steps, i.i.d. | same, Brownian | Brownian / i.i.d. |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['iid']:.4f} | {r['brownian']:.4f} | {r['ratio']:.3f} |" for r in rows]
+    lines = [f"| sampler | RMS distance, {pair[0]} vs {pair[1]} steps, i.i.d. | same, Brownian | Brownian / i.i.d. "
+             f"| seconds of both runs, i.i.d. | same, Brownian | Brownian / i.i.d. |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['iid']:.4f} | {r['brownian']:.4f} | {r['ratio']:.3f} | {r['iid_seconds']:.2f} "
+              f"| {r['brownian_seconds']:.2f} | {r['time_ratio']:.2f} |" for r in rows]
     info = common.machine_info("cpu")
     print(common.describe_machine(info))
     print(f"Model {args.checkpoint}; {args.samples} samples, seed {args.seed}; pixels in [0, 1].\n")

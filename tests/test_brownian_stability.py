@@ -33,6 +33,8 @@ def test_distances_figure_and_json(tiny_run, tmp_path, seed):
                                       "--figure", str(tmp_path / "f.png"), "--figure-steps", "2,3",
                                       "--figure-sampler", "dpmpp_3m_sde", "--out", str(tmp_path)])
     assert [r["sampler"] for r in result["rows"]] == ["euler_ancestral", "dpmpp_2m_sde"]
+    for row in result["rows"]:
+        assert row["iid_seconds"] > 0 and row["time_ratio"] == row["brownian_seconds"] / row["iid_seconds"]
     assert json.loads((tmp_path / "brownian-stability.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The reported distance is that of the samplers themselves (independent recomputation).
