@@ -25,6 +25,13 @@ constexpr uint32_t kBrownianLane = 0x80000000u;
 constexpr int64_t kMaxBrownianDepth = 32;
 
 // One increment's walk, the same for every element.
+//
+// A carried walk (a descending walk's steps k = 0, 1, ... sharing a buffer of one float per
+// element) does not descend towards b = q_from: the previous step, which walked the whole path of
+// that point as its a, left there the part of this increment below b's side of the parting node.
+// It leaves the same for the next step, from the next coordinate q_next < a: the left halves,
+// weighted for that step, where a goes right below the level where a and q_next part. So a step
+// draws the normals of one path, at most L + 1, and gives the stateless walk's z to the bit.
 struct BrownianWalk {
   int64_t a, b;   // the sorted ends, 0 <= a < b <= 2^L
   int depth;      // L
@@ -33,6 +40,10 @@ struct BrownianWalk {
   bool negate;    // q_to < q_from
   bool valid;     // the q values are distinct points of the tree
   double weight;  // 1 / sqrt(b - a)
+  bool carried;      // the carry buffer replaces the descent towards b (read unless to_top)
+  bool write_carry;  // carried, and the next step descends from a to q_next
+  int next_shared;   // leading bits a and q_next share
+  double next_weight;  // 1 / sqrt(a - q_next)
 };
 
 SCOREOPS_HD int bit_length64(uint64_t v) {
@@ -81,10 +92,39 @@ SCOREOPS_HD float brownian_weight(const BrownianWalk& w, int64_t width) {
   return static_cast<float>(std::sqrt(static_cast<double>(width)) * w.weight);
 }
 
+// Makes w a carried walk whose next coordinate is q_next (negative: none, the walk ends at a).
+// Only a descending walk carries; an ascending one becomes invalid.
+SCOREOPS_HD void brownian_carry(BrownianWalk& w, int64_t q_next) {
+  if (!w.valid) {
+    return;
+  }
+  w.valid = w.negate;
+  w.carried = true;
+  w.write_carry = q_next >= 0 && q_next < w.a;
+  if (w.write_carry) {
+    w.next_shared = w.depth - bit_length64(static_cast<uint64_t>(w.a ^ q_next));
+    w.next_weight = 1.0 / std::sqrt(static_cast<double>(w.a - q_next));
+  }
+}
+
 // The walk of step `step` of a table of `points` tree coordinates, from q[step] to q[step + 1];
-// invalid (NaN increments) where the table has no interval `step`.
-SCOREOPS_HD BrownianWalk brownian_table_walk(const int64_t* q, int64_t points, int64_t step, int64_t depth) {
-  return step >= 0 && step + 1 < points ? brownian_walk(q[step], q[step + 1], depth) : BrownianWalk{};
+// invalid (NaN increments) where the table has no interval `step`. carried: the walk reads and
+// writes a carry buffer, and q[step + 2] (if any) is the next step's end.
+SCOREOPS_HD BrownianWalk brownian_table_walk(const int64_t* q, int64_t points, int64_t step, int64_t depth,
+                                             bool carried = false) {
+  if (step < 0 || step + 1 >= points) {
+    return BrownianWalk{};
+  }
+  BrownianWalk w = brownian_walk(q[step], q[step + 1], depth);
+  if (carried) {
+    brownian_carry(w, step + 2 < points ? q[step + 2] : -1);
+  }
+  return w;
+}
+
+// The float32 weight of a piece `width` leaves wide in the next step's increment.
+SCOREOPS_HD float brownian_next_weight(const BrownianWalk& w, int64_t width) {
+  return static_cast<float>(std::sqrt(static_cast<double>(width)) * w.next_weight);
 }
 
 // Bit d (most significant first, d < L) of q's L-bit code.
@@ -131,51 +171,64 @@ SCOREOPS_HD void brownian_fill(Size n, float v, float* out) {
 
 // The normalised increment of the walk w for n elements: out[k], for the element whose node
 // normals normals(node, z) writes into z[k] (node 0: W(t_hi)'s; nodes 1 .. 2^L - 1 the bridges).
-// delta, z and acc are scratch of n floats. Size: an integer, or std::integral_constant for a
-// fixed block (CUDA: 4 elements in registers). NaN for an invalid walk.
+// delta, z and acc are scratch of n floats. A carried walk (w.carried) reads carry[k] unless
+// w.to_top and writes it if w.write_carry. Size: an integer, or std::integral_constant for a
+// fixed block (CUDA: 4 elements in registers). NaN for an invalid walk (carry untouched).
 template <typename Normals, typename Size>
 SCOREOPS_HD void brownian_increment(const BrownianWalk& w, const Normals& normals, Size n, float* delta, float* z,
-                                    float* acc, float* out) {
+                                    float* acc, float* out, float* carry = nullptr) {
   if (!w.valid) {
     brownian_fill(n, NAN, out);
     return;
   }
   const int depth = w.depth;
+  const bool carried = w.carried;
+  // The next step's part below its parting node: the left halves where a goes right there.
+  const auto carry_next = [&](int d) {
+    if (carried && w.write_carry && d > w.next_shared) {
+      brownian_axpy(n, brownian_next_weight(w, int64_t{1} << (depth - d - 1)), z, acc);
+    }
+  };
   normals(0u, delta);  // node 1's increment over sqrt(t_hi - t_lo)
   uint32_t node = 1;
   int level = 0;
+  brownian_fill(n, 0.0f, acc);
   // Descend the levels the two ends share, then split the parting node: the right half goes to
-  // b (kept in out while the left half walks to a), the left half to a.
+  // b (kept in out while the left half walks to a; a carried walk has b's part already), the
+  // left half to a.
   if (!w.to_top) {
     for (int d = 0; d < w.shared; ++d) {
       const int bit = tree_bit(w.a, depth, d);
       normals(node, z);
-      brownian_halves(n, delta, z, z, bit != 0);
+      brownian_halves(n, delta, z, z, bit != 0);  // z takes the other half
+      if (bit) {
+        carry_next(d);
+      }
       node = 2 * node + static_cast<uint32_t>(bit);
     }
     normals(node, z);
-    brownian_halves(n, delta, z, out, false);
+    brownian_halves(n, delta, z, carried ? z : out, false);
     level = w.shared + 1;
-    // From the left end of the right half to b: the left halves of the nodes where b goes right.
-    uint32_t right = 2 * node + 1;
-    brownian_fill(n, 0.0f, acc);
-    const int stop_b = std::max(level, depth - tree_trailing_zeros(w.b, depth));
-    for (int d = level; d < stop_b; ++d) {
-      const int bit = tree_bit(w.b, depth, d);
-      normals(right, z);
-      brownian_halves(n, out, z, z, bit != 0);  // z takes the other half
-      if (bit) {
-        brownian_axpy(n, brownian_weight(w, int64_t{1} << (depth - d - 1)), z, acc);
+    if (!carried) {
+      // From the left end of the right half to b: the left halves of the nodes where b goes right.
+      uint32_t right = 2 * node + 1;
+      const int stop_b = std::max(level, depth - tree_trailing_zeros(w.b, depth));
+      for (int d = level; d < stop_b; ++d) {
+        const int bit = tree_bit(w.b, depth, d);
+        normals(right, z);
+        brownian_halves(n, out, z, z, bit != 0);  // z takes the other half
+        if (bit) {
+          brownian_axpy(n, brownian_weight(w, int64_t{1} << (depth - d - 1)), z, acc);
+        }
+        right = 2 * right + static_cast<uint32_t>(bit);
       }
-      right = 2 * right + static_cast<uint32_t>(bit);
     }
     node = 2 * node;
     // delta holds the left half's increment; out is free again: it takes the walk to a.
-  } else {
-    brownian_fill(n, 0.0f, acc);
   }
   // From a to the right end of the current node: the right halves of the nodes where a goes left.
-  // acc holds the part towards b (zeros when to_top); out accumulates the part towards a.
+  // acc holds the part towards b (zeros when to_top; a carried walk's next carry); out
+  // accumulates the part towards a.
   brownian_fill(n, 0.0f, out);
   const int stop_a = std::max(level, depth - tree_trailing_zeros(w.a, depth));
   for (int d = level; d < stop_a; ++d) {
@@ -184,6 +237,8 @@ SCOREOPS_HD void brownian_increment(const BrownianWalk& w, const Normals& normal
     brownian_halves(n, delta, z, z, bit != 0);  // z takes the other half
     if (!bit) {
       brownian_axpy(n, brownian_weight(w, int64_t{1} << (depth - d - 1)), z, out);
+    } else {
+      carry_next(d);
     }
     node = 2 * node + static_cast<uint32_t>(bit);
   }
@@ -194,7 +249,11 @@ SCOREOPS_HD void brownian_increment(const BrownianWalk& w, const Normals& normal
 #pragma unroll
 #endif
   for (int64_t k = 0; k < n; ++k) {
-    out[k] = (out[k] + acc[k]) * sign;
+    const float part_b = !carried ? acc[k] : w.to_top ? 0.0f : carry[k];
+    out[k] = (out[k] + part_b) * sign;
+    if (carried && w.write_carry) {
+      carry[k] = acc[k];
+    }
   }
 }
 

@@ -101,6 +101,22 @@ void check_path(const char* op, const std::optional<at::Tensor>& path, int64_t d
                     "], got ", depth);
 }
 
+// A carry buffer, when given: with a path, contiguous float32 of x's numel on x's device, sharing
+// no memory with x (the kernels read one while writing the other).
+void check_carry(const char* op, const std::optional<at::Tensor>& carry, const std::optional<at::Tensor>& path,
+                 const at::Tensor& x) {
+  if (!carry.has_value()) {
+    return;
+  }
+  const at::Tensor& c = *carry;
+  TORCH_CHECK_VALUE(path.has_value(), op, ": a carry needs a path (it holds part of a Brownian increment)");
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat, op, ": carry must be a float32 tensor, got ", c.scalar_type());
+  TORCH_CHECK_VALUE(c.device() == x.device(), op, ": carry is on ", c.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(c.is_contiguous() && c.numel() == x.numel(), op, ": carry must be contiguous with x's ",
+                    x.numel(), " elements, got shape ", c.sizes());
+  at::assert_no_overlap(x, c);
+}
+
 void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> coeffs,
                   const char* coeffs_name) {
   check_data(op, y, "y");
@@ -118,13 +134,14 @@ void check_stages(const char* op, const at::Tensor& y, at::TensorList ks, at::Ar
 
 StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                          const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
-                         const std::optional<at::Tensor>& path, int64_t depth) {
+                         const std::optional<at::Tensor>& path, int64_t depth, const std::optional<at::Tensor>& carry) {
   constexpr const char* op = "sde_step";
   check_batch(op, x, "x");
   check_like(op, s, "s", x, "x");
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
   check_path(op, path, depth, x);
+  check_carry(op, carry, path, x);
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   return {batch, dim, check_coef(op, a, "a", x, batch), check_coef(op, b, "b", x, batch),
           check_coef(op, c, "c", x, batch)};
@@ -132,12 +149,16 @@ StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Ten
 
 StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                                  const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
-                                 const std::optional<at::Tensor>& path, int64_t depth) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
+                                 const std::optional<at::Tensor>& path, int64_t depth,
+                                 const std::optional<at::Tensor>& carry) {
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth, carry);
   TORCH_CHECK_VALUE(x.is_contiguous(), "sde_step_: x must be contiguous; scoreops.ops.sde_step(..., inplace=True) "
                     "writes a strided x through a copy");
   // Reading s while writing x: an exact alias is safe element by element, a partial one is not.
   at::assert_no_partial_overlap(x, s);
+  if (carry.has_value()) {
+    at::assert_no_overlap(s, *carry);
+  }
   return shape;
 }
 
@@ -157,7 +178,8 @@ void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step
 }
 
 int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                         const at::Tensor& step, const std::optional<at::Tensor>& path, int64_t depth) {
+                         const at::Tensor& step, const std::optional<at::Tensor>& path, int64_t depth,
+                         const std::optional<at::Tensor>& carry) {
   constexpr const char* op = "sigma_step";
   check_batch(op, x, "x");
   const auto k = static_cast<int64_t>(terms.size());
@@ -174,6 +196,10 @@ int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Te
   check_counter(op, seed, "seed", x.device());
   check_counter(op, step, "step", x.device());
   check_path(op, path, depth, x);
+  check_carry(op, carry, path, x);
+  for (int64_t j = 0; carry.has_value() && j < k; ++j) {
+    at::assert_no_overlap(terms[j], *carry);
+  }
   return k;
 }
 
@@ -213,10 +239,18 @@ TORCH_LIBRARY(scoreops, m) {
   m.def(
       "sde_step_(Tensor(a!) x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, int lane, "
       "int sample_offset, bool add_noise, Tensor? path=None, int depth=0) -> ()");
+  // The noisy step of a carried Brownian walk (brownian.h): mutates its carry, so it has no
+  // autograd formula; the samplers use it without autograd.
+  m.def(
+      "sde_step_carried_(Tensor(a!) x, Tensor s, Tensor a, Tensor b, Tensor c, Tensor seed, Tensor step, "
+      "int sample_offset, Tensor path, int depth, Tensor(b!) carry) -> ()");
   m.def("sample_sq_norms(Tensor s, Tensor seed, Tensor step, int lane, int sample_offset, bool with_noise) -> Tensor");
   m.def(
       "sigma_step(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int lane, int sample_offset, "
       "bool add_noise, Tensor? path=None, int depth=0) -> Tensor");
+  m.def(
+      "sigma_step_carried(Tensor x, Tensor[] terms, Tensor coefs, Tensor seed, Tensor step, int sample_offset, "
+      "Tensor path, int depth, Tensor(a!) carry) -> Tensor");
   m.def(
       "adaptive_sde_step(Tensor x, Tensor x_low, Tensor x_prev, Tensor s, Tensor a, Tensor b, Tensor seed, "
       "Tensor step, int lane, int sample_offset, float atol, float rtol) -> (Tensor, Tensor)");

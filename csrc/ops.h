@@ -33,20 +33,24 @@ struct StepShape {
 // Each check raises c10::Error (RuntimeError/ValueError/TypeError in Python) naming the argument.
 // path, when given, is the Brownian tree's int64 table of coordinates (one per grid point, at
 // least 2) on x's device, and 0 <= depth <= 32; its values are read by the kernels (brownian.h).
+// carry, when given, needs a path: a contiguous float32 buffer of x's numel on x's device that the
+// steps of one descending walk share (brownian.h, BrownianWalk).
 StepShape check_sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                          const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
-                         const std::optional<at::Tensor>& path, int64_t depth);
+                         const std::optional<at::Tensor>& path, int64_t depth, const std::optional<at::Tensor>& carry);
 // sde_step_ writes x in place: x must be contiguous (scoreops.ops.sde_step(inplace=True) writes
 // a strided x through a copy, the one fallback for every backend) and must not partly overlap s.
 StepShape check_sde_step_inplace(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                                  const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step,
-                                 const std::optional<at::Tensor>& path, int64_t depth);
+                                 const std::optional<at::Tensor>& path, int64_t depth,
+                                 const std::optional<at::Tensor>& carry);
 void check_sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step);
 void check_philox(const char* op, const at::Tensor& seed, const at::Tensor& step, int64_t batch, int64_t numel);
 // sigma_step's checks; returns the number of terms K (coefs holds K + 2 values); path and depth
 // as for sde_step.
 int64_t check_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                         const at::Tensor& step, const std::optional<at::Tensor>& path, int64_t depth);
+                         const at::Tensor& step, const std::optional<at::Tensor>& path, int64_t depth,
+                         const std::optional<at::Tensor>& carry);
 // adaptive_sde_step's checks: x, x_low, x_prev and s alike, a and b laid out as sde_step's
 // coefficients (the returned shape's c is unused), atol >= 0 and rtol > 0 finite.
 StepShape check_adaptive_sde_step(const at::Tensor& x, const at::Tensor& x_low, const at::Tensor& x_prev,

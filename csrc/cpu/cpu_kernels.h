@@ -134,10 +134,10 @@ struct TileNormals {
 
 // The walk of step `step` of a path table (CPU, int64): from path[step] to path[step + 1], with
 // one-line errors naming `op` for a step outside the table or an invalid pair.
-BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int64_t depth);
+BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int64_t depth, bool carried);
 
 // The Brownian increment of one tile into z (noise.cpp; its elementwise loops are cloned per ISA).
 void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z);
+                    float* z, float* carry);
 
 }  // namespace scoreops::cpu

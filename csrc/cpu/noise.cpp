@@ -120,23 +120,28 @@ void fill_normals(StreamKey key, int64_t j0, int64_t n, float* out) {
   }
 }
 
-BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int64_t depth) {
+BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int64_t depth, bool carried) {
   const int64_t points = path.size(0);
   TORCH_CHECK_VALUE(step >= 0 && step + 1 < points, op, ": step ", step, " has no interval in the path table of ",
                     points, " points");
   const at::Tensor p = path.contiguous();
   const int64_t q_from = p.const_data_ptr<int64_t>()[step], q_to = p.const_data_ptr<int64_t>()[step + 1];
-  const BrownianWalk walk = brownian_walk(q_from, q_to, depth);
+  BrownianWalk walk = brownian_walk(q_from, q_to, depth);
   TORCH_CHECK_VALUE(walk.valid, op, ": path[", step, "] = ", q_from, " and path[", step + 1, "] = ", q_to,
                     " must be distinct tree coordinates in [0, 2**depth = ", int64_t{1} << depth,
                     "] (-1 marks a grid point that takes no noise)");
+  if (carried) {
+    brownian_carry(walk, step + 2 < points ? p.const_data_ptr<int64_t>()[step + 2] : -1);
+    TORCH_CHECK_VALUE(walk.valid, op, ": a carried walk descends, but path[", step, "] = ", q_from, " < path[",
+                      step + 1, "] = ", q_to);
+  }
   return walk;
 }
 
 SCOREOPS_CPU_CLONES
 void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z) {
-  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z);
+                    float* z, float* carry) {
+  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z, carry);
 }
 
 SCOREOPS_CPU_CLONES

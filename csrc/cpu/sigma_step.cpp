@@ -29,7 +29,7 @@ void axpy(float a, const float* x, int64_t n, float* __restrict acc) {
 template <typename scalar_t>
 void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::vector<const scalar_t*>& terms,
                      const std::vector<float>& coefs, const StreamArgs& noise, bool add_noise,
-                     const BrownianWalk* walk, scalar_t* out) {
+                     const BrownianWalk* walk, float* carry, scalar_t* out) {
   const int64_t k = static_cast<int64_t>(terms.size());
   for_each_tile(batch, dim, [&](int64_t, const Tile& t) {
     float buf[kTile], acc[kTile];
@@ -43,7 +43,7 @@ void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::v
       if (walk != nullptr) {
         float delta[kTile], scratch[kTile], part[kTile];
         const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
-        tile_increment(*walk, normals, delta, scratch, part, buf);
+        tile_increment(*walk, normals, delta, scratch, part, buf, carry == nullptr ? nullptr : carry + offset);
       } else {
         fill_normals(noise.key(t.row), t.begin, t.size, buf);
       }
@@ -53,10 +53,11 @@ void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::v
   });
 }
 
-at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
-                      const std::optional<at::Tensor>& path, int64_t depth) {
-  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth);
+at::Tensor run_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                          const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                          const std::optional<at::Tensor>& path, int64_t depth,
+                          const std::optional<at::Tensor>& carry) {
+  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth, carry);
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) {
     return out;
@@ -70,7 +71,7 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   const StreamArgs noise = host_stream_args(seed, step, lane, sample_offset);
   std::optional<BrownianWalk> walk;
   if (add_noise && path.has_value()) {
-    walk = host_walk("sigma_step", *path, noise.step, depth);
+    walk = host_walk("sigma_step", *path, noise.step, depth, carry.has_value());
   }
   const int64_t batch = x.size(0), dim = per_sample_numel(x);
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {
@@ -79,15 +80,29 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
       tp.push_back(t.const_data_ptr<scalar_t>());
     }
     sigma_step_rows<scalar_t>(batch, dim, xc.const_data_ptr<scalar_t>(), tp, cv, noise, add_noise,
-                              walk ? &*walk : nullptr, out.mutable_data_ptr<scalar_t>());
+                              walk ? &*walk : nullptr, walk && carry ? carry->mutable_data_ptr<float>() : nullptr,
+                              out.mutable_data_ptr<scalar_t>());
   });
   return out;
+}
+
+at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                      const std::optional<at::Tensor>& path, int64_t depth) {
+  return run_sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise, path, depth, std::nullopt);
+}
+
+at::Tensor sigma_step_carried(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs,
+                              const at::Tensor& seed, const at::Tensor& step, int64_t sample_offset,
+                              const at::Tensor& path, int64_t depth, at::Tensor& carry) {
+  return run_sigma_step(x, terms, coefs, seed, step, 0, sample_offset, true, path, depth, carry);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(scoreops, CPU, m) {
   m.impl("sigma_step", &sigma_step);
+  m.impl("sigma_step_carried", &sigma_step_carried);
 }
 
 }  // namespace scoreops::cpu

@@ -42,10 +42,10 @@ void mean_update_into(const float* x, const float* s, float a, int64_t n, float*
 }
 
 // Writes the step of contiguous (B, D) x and s into out, which may be x itself; walk (or null for
-// the stream's normals) is the step's Brownian walk.
+// the stream's normals) is the step's Brownian walk, carry (or null) its carried part.
 template <typename scalar_t>
 void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s, const Coef (&coef)[3],
-                   const StreamArgs& noise, bool add_noise, const BrownianWalk* walk, scalar_t* out) {
+                   const StreamArgs& noise, bool add_noise, const BrownianWalk* walk, float* carry, scalar_t* out) {
   for_each_tile(shape.batch, shape.dim, [&](int64_t, const Tile& t) {
     float xb[kTile], sb[kTile], ab[kTile], bb[kTile], cb[kTile], z[kTile], result[kTile];
     const int64_t offset = t.offset(shape.dim);
@@ -63,7 +63,7 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
       if (walk != nullptr) {
         float delta[kTile], scratch[kTile], part[kTile];
         const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
-        tile_increment(*walk, normals, delta, scratch, part, z);
+        tile_increment(*walk, normals, delta, scratch, part, z, carry == nullptr ? nullptr : carry + offset);
       } else {
         fill_normals(noise.key(t.row), t.begin, t.size, z);
       }
@@ -78,13 +78,14 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
 // Writes the step of x into out: contiguous, x's shape and dtype, possibly x itself.
 void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
                   const at::Tensor& b, const at::Tensor& c, const StreamArgs& noise, bool add_noise,
-                  const std::optional<at::Tensor>& path, int64_t depth, at::Tensor& out) {
+                  const std::optional<at::Tensor>& path, int64_t depth, const std::optional<at::Tensor>& carry,
+                  at::Tensor& out) {
   if (x.numel() == 0) {
     return;
   }
   std::optional<BrownianWalk> walk;
   if (add_noise && path.has_value()) {
-    walk = host_walk("sde_step", *path, noise.step, depth);
+    walk = host_walk("sde_step", *path, noise.step, depth, carry.has_value());
   }
   const at::Tensor xc = x.contiguous(), sc = s.contiguous();
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
@@ -93,25 +94,34 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
                         {cc.const_data_ptr<float>(), shape.c, shape.dim}};
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sde_step", [&] {
     sde_step_rows(shape, xc.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(), coef, noise, add_noise,
-                  walk ? &*walk : nullptr, out.mutable_data_ptr<scalar_t>());
+                  walk ? &*walk : nullptr, walk && carry ? carry->mutable_data_ptr<float>() : nullptr,
+                  out.mutable_data_ptr<scalar_t>());
   });
 }
 
 at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                     const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
                     int64_t sample_offset, bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth, std::nullopt);
   at::Tensor out = at::empty(x.sizes(), x.options());
   run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, path, depth,
-               out);
+               std::nullopt, out);
   return out;
 }
 
 void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
-  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth);
-  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, path, depth, x);
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth, std::nullopt);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, lane, sample_offset), add_noise, path, depth,
+               std::nullopt, x);
+}
+
+void sde_step_carried_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                       const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t sample_offset,
+                       const at::Tensor& path, int64_t depth, at::Tensor& carry) {
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth, carry);
+  run_sde_step(shape, x, s, a, b, c, host_stream_args(seed, step, 0, sample_offset), true, path, depth, carry, x);
 }
 
 at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
@@ -156,6 +166,7 @@ at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at
 TORCH_LIBRARY_IMPL(scoreops, CPU, m) {
   m.impl("sde_step", &sde_step);
   m.impl("sde_step_", &sde_step_);
+  m.impl("sde_step_carried_", &sde_step_carried_);
   m.impl("sample_sq_norms", &sample_sq_norms);
 }
 

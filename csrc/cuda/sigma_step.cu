@@ -25,11 +25,13 @@ struct Terms {
   int count;
 };
 
-// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise).
+// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise), and the
+// carry buffer of a carried walk (null: stateless).
 struct Path {
   const int64_t* q;
   int64_t points;
   int64_t depth;
+  float* carry;
 };
 
 // One thread per group of 4 elements of one sample, as sde_step_kernel, so one Philox call gives
@@ -43,8 +45,7 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
   // The step's walk through the tree: the same for every thread.
   BrownianWalk walk{};
   if (add_noise && path.q != nullptr) {
-    const bool inside = keys.step >= 0 && keys.step + 1 < path.points;
-    walk = inside ? brownian_walk(path.q[keys.step], path.q[keys.step + 1], path.depth) : BrownianWalk{};
+    walk = brownian_table_walk(path.q, path.points, keys.step, path.depth, path.carry != nullptr);
   }
   // Read once per thread. Unrolled over every slot with a guard: constant indices keep b in
   // registers and the term table in the parameter space, where a loop to terms.count would copy
@@ -83,7 +84,15 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
       if (path.q != nullptr) {
         float delta[4], scratch[4], part[4];
         const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
-        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z);
+        float held[4];  // the group's carry, read and written with scalar accesses (n may be < 4)
+        if (path.carry != nullptr) {
+          load4<false>(path.carry + base, n, held);
+        }
+        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
+                           path.carry != nullptr ? held : nullptr);
+        if (path.carry != nullptr && walk.write_carry) {
+          store4<false>(path.carry + base, n, held);
+        }
       } else {
         keys.normals(i, g, z);
       }
@@ -96,10 +105,11 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
   }
 }
 
-at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
-                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
-                      const std::optional<at::Tensor>& path, int64_t depth) {
-  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth);
+at::Tensor run_sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                          const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                          const std::optional<at::Tensor>& path, int64_t depth,
+                          const std::optional<at::Tensor>& carry) {
+  const int64_t k = check_sigma_step(x, terms, coefs, seed, step, path, depth, carry);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) {
@@ -114,7 +124,8 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   const int64_t batch = x.size(0), dim = per_sample_numel(x), groups = (dim + 3) / 4;
   const Noise noise = make_noise(seed, step, lane, sample_offset);
   const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
-  const Path tree{pc.defined() ? pc.const_data_ptr<int64_t>() : nullptr, pc.defined() ? pc.size(0) : 0, depth};
+  const Path tree{pc.defined() ? pc.const_data_ptr<int64_t>() : nullptr, pc.defined() ? pc.size(0) : 0, depth,
+                  pc.defined() && carry.has_value() ? carry->mutable_data_ptr<float>() : nullptr};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {
     Terms<scalar_t> tt{};
@@ -140,10 +151,23 @@ at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tenso
   return out;
 }
 
+at::Tensor sigma_step(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs, const at::Tensor& seed,
+                      const at::Tensor& step, int64_t lane, int64_t sample_offset, bool add_noise,
+                      const std::optional<at::Tensor>& path, int64_t depth) {
+  return run_sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise, path, depth, std::nullopt);
+}
+
+at::Tensor sigma_step_carried(const at::Tensor& x, at::TensorList terms, const at::Tensor& coefs,
+                              const at::Tensor& seed, const at::Tensor& step, int64_t sample_offset,
+                              const at::Tensor& path, int64_t depth, at::Tensor& carry) {
+  return run_sigma_step(x, terms, coefs, seed, step, 0, sample_offset, true, path, depth, carry);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(scoreops, CUDA, m) {
   m.impl("sigma_step", &sigma_step);
+  m.impl("sigma_step_carried", &sigma_step_carried);
 }
 
 }  // namespace scoreops::cuda

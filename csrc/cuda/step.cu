@@ -19,16 +19,19 @@
 namespace scoreops::cuda {
 namespace {
 
-// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise).
+// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise), and the
+// carry buffer of a carried walk (null: stateless).
 struct Path {
   const int64_t* q;
   int64_t points;
   int64_t depth;
+  float* carry;
 };
 
-inline Path make_path(const at::Tensor& contiguous_path, int64_t depth) {
-  return {contiguous_path.defined() ? contiguous_path.const_data_ptr<int64_t>() : nullptr,
-          contiguous_path.defined() ? contiguous_path.size(0) : 0, depth};
+inline Path make_path(const at::Tensor& contiguous_path, int64_t depth, const std::optional<at::Tensor>& carry) {
+  const bool tree = contiguous_path.defined();
+  return {tree ? contiguous_path.const_data_ptr<int64_t>() : nullptr, tree ? contiguous_path.size(0) : 0, depth,
+          tree && carry.has_value() ? carry->mutable_data_ptr<float>() : nullptr};
 }
 
 // One thread per group of 4 elements of one sample, so one Philox call gives the group's normals
@@ -40,7 +43,8 @@ __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Co
   const NoiseKeys keys(noise);
   // The step's walk through the tree: the same for every thread.
   const bool brownian = add_noise && path.q != nullptr;
-  const BrownianWalk walk = brownian ? brownian_table_walk(path.q, path.points, keys.step, path.depth)
+  const BrownianWalk walk = brownian ? brownian_table_walk(path.q, path.points, keys.step, path.depth,
+                                                           path.carry != nullptr)
                                      : BrownianWalk{};
   const int64_t total = batch * groups;
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total; t += int64_t{gridDim.x} * blockDim.x) {
@@ -57,7 +61,15 @@ __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Co
       if (brownian) {
         float delta[4], scratch[4], part[4];
         const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
-        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z);
+        float held[4];  // the group's carry, read and written with scalar accesses (n may be < 4)
+        if (path.carry != nullptr) {
+          load4<false>(path.carry + base, n, held);
+        }
+        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
+                           path.carry != nullptr ? held : nullptr);
+        if (path.carry != nullptr && walk.write_carry) {
+          store4<false>(path.carry + base, n, held);
+        }
       } else {
         keys.normals(i, g, z);
       }
@@ -148,13 +160,13 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
 at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
                     const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
                     int64_t sample_offset, bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
-  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth);
+  const StepShape shape = check_sde_step(x, s, a, b, c, seed, step, path, depth, std::nullopt);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.numel() != 0) {
     const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
     run_sde_step(shape, x.contiguous(), s.contiguous(), a, b, c, make_noise(seed, step, lane, sample_offset),
-                 add_noise, make_path(pc, depth), out);
+                 add_noise, make_path(pc, depth, std::nullopt), out);
   }
   return out;
 }
@@ -162,14 +174,26 @@ at::Tensor sde_step(const at::Tensor& x, const at::Tensor& s, const at::Tensor& 
 void sde_step_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset,
                bool add_noise, const std::optional<at::Tensor>& path, int64_t depth) {
-  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth);
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth, std::nullopt);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) {
     return;
   }
   const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
   run_sde_step(shape, x, s.contiguous(), a, b, c, make_noise(seed, step, lane, sample_offset), add_noise,
-               make_path(pc, depth), x);
+               make_path(pc, depth, std::nullopt), x);
+}
+
+void sde_step_carried_(at::Tensor& x, const at::Tensor& s, const at::Tensor& a, const at::Tensor& b,
+                       const at::Tensor& c, const at::Tensor& seed, const at::Tensor& step, int64_t sample_offset,
+                       const at::Tensor& path, int64_t depth, at::Tensor& carry) {
+  const StepShape shape = check_sde_step_inplace(x, s, a, b, c, seed, step, path, depth, carry);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (x.numel() == 0) {
+    return;
+  }
+  run_sde_step(shape, x, s.contiguous(), a, b, c, make_noise(seed, step, 0, sample_offset), true,
+               make_path(path.contiguous(), depth, carry), x);
 }
 
 at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at::Tensor& step, int64_t lane,
@@ -208,6 +232,7 @@ at::Tensor sample_sq_norms(const at::Tensor& s, const at::Tensor& seed, const at
 TORCH_LIBRARY_IMPL(scoreops, CUDA, m) {
   m.impl("sde_step", &sde_step);
   m.impl("sde_step_", &sde_step_);
+  m.impl("sde_step_carried_", &sde_step_carried_);
   m.impl("sample_sq_norms", &sample_sq_norms);
 }
 

@@ -45,6 +45,13 @@ between ``a < b < 2**L`` whose L-bit codes share their first ``c`` bits takes
 at most ``2L - c <= 2L``; with ``b = 2**L``, ``1 + max(0, L - tz(a))``. At L = 24: at most 48,
 against 1 for i.i.d. noise.
 
+**Carried walks.** A sampler's steps walk the grid downwards, each step's ``a`` the next step's
+``b``. The part of step k + 1's increment on b's side of its parting node (the left halves where b
+goes right, below that node) lies on the path to b, which step k walks whole: a step that keeps it
+in a float per element (the *carry*, :func:`brownian_carried_increment`) draws one path's normals,
+``1 + max(c + 1, L - tz(a))`` (``1 + L - tz(a)`` from the top), at most ``L + 1``, and sums the same
+float32 numbers in the same order, so its z is the stateless one to the bit.
+
 **Sign.** ``z = (W(t_to) - W(t_from)) / sqrt|t_to - t_from|``, as k-diffusion's
 ``W(sigma') - W(sigma)`` with ``sigma' < sigma`` in the reverse samplers; N(0, 1) either way.
 """
@@ -222,11 +229,15 @@ def _trailing_zeros(q: int, depth: int) -> int:
     return depth if q == 0 else (q & -q).bit_length() - 1
 
 
-def normals_per_element(q_from: int, q_to: int, depth: int) -> int:
-    """Distinct node normals :func:`brownian_increment` draws per element for one increment.
+def normals_per_element(q_from: int, q_to: int, depth: int, carried: bool = False) -> int:
+    """Distinct node normals a kernel draws per element for one increment.
 
-    ``2 + c + max(0, L-1-c-tz(a)) + (L-1-c-tz(b))`` for ``a < b < 2**L`` sharing c leading bits,
-    ``1 + max(0, L - tz(a))`` for ``b = 2**L`` (a, b the sorted ends); at most ``2L``.
+    Stateless (:func:`brownian_increment`): ``2 + c + max(0, L-1-c-tz(a)) + (L-1-c-tz(b))`` for
+    ``a < b < 2**L`` sharing c leading bits, ``1 + max(0, L - tz(a))`` for ``b = 2**L`` (a, b the
+    sorted ends); at most ``2L``. Carried (a descending step, ``q_to < q_from``, of
+    :func:`brownian_carried_increment`): the normals of the path to ``a = q_to`` down to the
+    parting node's left half or further, ``1 + max(c + 1, L - tz(a))`` (``1 + L - tz(a)`` for
+    ``b = 2**L``); at most ``L + 1``.
     """
     depth = _check_depth(depth)
     q_from, q_to = _check_point("q_from", q_from, depth), _check_point("q_to", q_to, depth)
@@ -237,8 +248,18 @@ def normals_per_element(q_from: int, q_to: int, depth: int) -> int:
         nodes.add(n)
         return torch.zeros(())
 
-    _walk(min(q_from, q_to), max(q_from, q_to), depth, count)
+    a, b = min(q_from, q_to), max(q_from, q_to)
+    if carried:
+        _check_descends(q_from, q_to)
+        _walk_parts(a, b, depth, count, b_side=False)
+    else:
+        _walk(a, b, depth, count)
     return len(nodes)
+
+
+def _check_descends(q_from: int, q_to: int) -> None:
+    if q_to > q_from:
+        raise ValueError(f"a carried walk descends: q_to must be below q_from, got {q_from} -> {q_to}")
 
 
 def _check_pair(q_from: int, q_to: int) -> None:
@@ -285,20 +306,27 @@ def _from_left_end(b: int, depth: int, node: int, level: int, delta, weight: flo
     return acc
 
 
-def _walk(a: int, b: int, depth: int, normal: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """``(W(b) - W(a)) / sqrt(t_b - t_a)`` for ``0 <= a < b <= 2**L``, from the parting node."""
+def _walk_parts(a: int, b: int, depth: int, normal: Callable[[int], torch.Tensor], b_side: bool = True):
+    """The two parts of ``(W(b) - W(a)) / sqrt(t_b - t_a)`` for ``0 <= a < b <= 2**L``, from the
+    parting node: a's side (to the node's midpoint) and b's (None for ``b = 2**L``, or unless b_side)."""
     weight = 1.0 / math.sqrt(b - a)
     delta = normal(0)  # node 1's increment over sqrt(t_hi - t_lo)
     if b == 1 << depth:
-        return _to_right_end(a, depth, 1, 0, delta, weight, normal)
+        return _to_right_end(a, depth, 1, 0, delta, weight, normal), None
     node, c = 1, shared_bits(a, b, depth)
     for d in range(c):
         bit = (a >> (depth - 1 - d)) & 1
         lo, hi = _halves(delta, normal(node))
         delta, node = (hi if bit else lo), 2 * node + bit
     lo, hi = _halves(delta, normal(node))
-    return (_to_right_end(a, depth, 2 * node, c + 1, lo, weight, normal)
-            + _from_left_end(b, depth, 2 * node + 1, c + 1, hi, weight, normal))
+    a_part = _to_right_end(a, depth, 2 * node, c + 1, lo, weight, normal)
+    return a_part, _from_left_end(b, depth, 2 * node + 1, c + 1, hi, weight, normal) if b_side else None
+
+
+def _walk(a: int, b: int, depth: int, normal: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``(W(b) - W(a)) / sqrt(t_b - t_a)`` for ``0 <= a < b <= 2**L``, from the parting node."""
+    a_part, b_part = _walk_parts(a, b, depth, normal)
+    return a_part if b_part is None else a_part + b_part
 
 
 def node_normal(seed: int, node: int, batch: int, numel: int, sample_offset: int = 0, device=None) -> torch.Tensor:
@@ -340,6 +368,40 @@ def brownian_increment(seed: int, q_from: int, q_to: int, L: int, batch: int, nu
     normal = _normal_source(seed, batch, numel, sample_offset, device, dtype)
     z = _walk(min(q_from, q_to), max(q_from, q_to), depth, normal)
     return z if q_to > q_from else -z
+
+
+def brownian_carried_increment(seed: int, q_from: int, q_to: int, q_next: int | None, L: int, carry: torch.Tensor,
+                               sample_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of a carried walk: :func:`brownian_increment` from ``q_from`` down to ``q_to``, with
+    b's part of it taken from ``carry`` (module docstring, "Carried walks"), and the next carry.
+
+    Args:
+        seed, L, sample_offset: as :func:`brownian_increment`.
+        q_from, q_to: tree coordinates with ``0 <= q_to < q_from <= 2**L``.
+        q_next: the next step's end, ``0 <= q_next < q_to``, or None when the walk stops at q_to.
+        carry: float32 (batch, numel): what the previous step of the walk returned as its next
+            carry; not read when ``q_from = 2**L`` (the first step of a walk from the top).
+    Returns:
+        ``(z, next_carry)``: z float32 (batch, numel) ~ N(0, 1), the stateless increment to the
+        bit; next_carry (None without q_next) is b's part of the next step's increment.
+    """
+    depth = _check_depth(L)
+    q_from, q_to = _check_point("q_from", q_from, depth), _check_point("q_to", q_to, depth)
+    _check_pair(q_from, q_to)
+    _check_descends(q_from, q_to)
+    if not (isinstance(carry, torch.Tensor) and carry.dtype == torch.float32 and carry.dim() == 2):
+        raise ValueError(f"carry must be a float32 (batch, numel) tensor, got {carry!r:.80}")
+    batch, numel = carry.shape
+    normal = _normal_source(seed, batch, numel, sample_offset, carry.device, torch.float32)
+    a_part, _ = _walk_parts(q_to, q_from, depth, normal, b_side=False)
+    z = -(a_part if q_from == 1 << depth else a_part + carry)
+    if q_next is None:
+        return z, None
+    q_next = _check_point("q_next", q_next, depth)
+    _check_descends(q_to, q_next)
+    _check_pair(q_to, q_next)
+    _, next_carry = _walk_parts(q_next, q_to, depth, normal)
+    return z, torch.as_tensor(next_carry, dtype=torch.float32, device=carry.device).expand(batch, numel)
 
 
 def brownian_w(seed: int, q: int, L: int, batch: int, numel: int, sample_offset: int = 0, device=None,

@@ -17,6 +17,10 @@ def _same_device(*tensors) -> None:
         raise ValueError(f"scoreops ops need all tensors on one device, got {sorted(map(str, devices))}")
 
 
+def _optional(*tensors) -> list:
+    return [t for t in tensors if t is not None]
+
+
 def _words(numel: int) -> int:
     return 4 * ((numel + 3) // 4)
 
@@ -35,13 +39,19 @@ def _philox_normal(seed, step, lane, sample_offset, batch, numel):
 
 @torch.library.register_fake("scoreops::sde_step")
 def _sde_step(x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
-    _same_device(x, s, a, b, c, seed, step, *([] if path is None else [path]))
+    _same_device(x, s, a, b, c, seed, step, *_optional(path))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("scoreops::sde_step_")
 def _sde_step_(x, s, a, b, c, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
-    _same_device(x, s, a, b, c, seed, step, *([] if path is None else [path]))
+    _same_device(x, s, a, b, c, seed, step, *_optional(path))
+    return None
+
+
+@torch.library.register_fake("scoreops::sde_step_carried_")
+def _sde_step_carried_(x, s, a, b, c, seed, step, sample_offset, path, depth, carry):
+    _same_device(x, s, a, b, c, seed, step, path, carry)
     return None
 
 
@@ -53,7 +63,13 @@ def _sample_sq_norms(s, seed, step, lane, sample_offset, with_noise):
 
 @torch.library.register_fake("scoreops::sigma_step")
 def _sigma_step(x, terms, coefs, seed, step, lane, sample_offset, add_noise, path=None, depth=0):
-    _same_device(x, terms, coefs, seed, step, *([] if path is None else [path]))
+    _same_device(x, terms, coefs, seed, step, *_optional(path))
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("scoreops::sigma_step_carried")
+def _sigma_step_carried(x, terms, coefs, seed, step, sample_offset, path, depth, carry):
+    _same_device(x, terms, coefs, seed, step, path, carry)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

@@ -15,6 +15,9 @@ and Triton ops the same gradients, so that a kernel backend can run under autogr
   ``sum(g*z)`` (z made again from the stream, as for ``sde_step``; with a Brownian path, by the
   op itself with coefficients (0, 1), so the increment is the forward pass's to the bit).
 
+``sde_step_carried_`` and ``sigma_step_carried`` mutate their carry and have no formula: the
+samplers use them only without autograd (their z is the stateless ops' to the bit).
+
 ``rk_error_sq`` (a max and absolute values, used only to choose step sizes) and the raw stream
 ops have no gradient. Gradients are computed in float32 and returned in each input's dtype.
 """

@@ -19,7 +19,7 @@ from .backends import implementation, resolve_backend
 
 def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tensor, *, seed=0, step=0,
                lane: int = 0, sample_offset: int = 0, add_noise: bool = False, path: torch.Tensor | None = None,
-               depth: int = 0, backend: str = "auto") -> torch.Tensor:
+               depth: int = 0, carry: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """``a*x + sum_k b_k*terms[k] + e*z`` in one pass, z ~ N(0, I) from the noise stream.
 
     Args:
@@ -38,6 +38,14 @@ def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tens
             coordinates on the device; the CPU kernel and the torch reference refuse a step
             outside the table or an invalid pair, the CUDA and Triton kernels give NaN.
         depth: the tree's depth L, 0 <= L <= 32 (with path).
+        carry: with path and add_noise, None (stateless: up to 2L node normals per element) or a contiguous
+            float32 buffer of x's numel that the steps 0, 1, 2, ... of one descending walk share
+            (``path[k + 1] < path[k]``): step k reads what step k - 1 wrote (unless ``path[k]`` is
+            the tree's top, ``2**L``, where a walk starts) and writes what step k + 1 reads, so a
+            step draws at most L + 1 normals and gives the stateless z to the bit
+            (:func:`scoreops.core.brownian.brownian_carried_increment`). Make it with
+            ``torch.empty`` and pass it to every step of the walk, in order. It has no gradient.
+            Without add_noise it is ignored.
         backend: see :mod:`scoreops.ops`.
     Returns:
         A new contiguous tensor of x's shape and dtype.
@@ -56,7 +64,11 @@ def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tens
         raise ValueError(f"coefs is on {coefs.device} but x is on {x.device}")
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
     depth = check_path(path, depth, x.device)
+    check_carry(carry, path, x, x, *terms, coefs)
     impl = resolve_backend(backend, x.device)
+    if carry is not None and add_noise:
+        return implementation("sigma_step_carried", impl)(x, list(terms), coefs, seed, step, sample_offset, path,
+                                                          depth, carry)
     return implementation("sigma_step", impl)(x, list(terms), coefs, seed, step, lane, sample_offset, add_noise,
                                               path, depth)
 
@@ -77,3 +89,21 @@ def check_path(path, depth, device: torch.device) -> int:
     if depth > MAX_DEPTH:
         raise ValueError(f"depth must be in [0, {MAX_DEPTH}], got {depth}")
     return depth
+
+
+def check_carry(carry, path, x: torch.Tensor, *inputs: torch.Tensor) -> None:
+    """carry is None, or (with a path) a contiguous float32 tensor of x's numel on x's device, and
+    autograd records nothing on ``inputs`` (a carried step mutates its carry: no gradient)."""
+    if carry is None:
+        return
+    if path is None:
+        raise ValueError("a carry needs a path: it holds part of a Brownian increment")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise ValueError("a carried step has no gradient: pass carry=None under autograd (the stateless step "
+                         "gives the same z)")
+    if not isinstance(carry, torch.Tensor) or carry.dtype != torch.float32:
+        raise TypeError(f"carry must be a float32 tensor, got {getattr(carry, 'dtype', type(carry).__name__)}")
+    if carry.device != x.device:
+        raise ValueError(f"carry is on {carry.device} but x is on {x.device}")
+    if carry.numel() != x.numel() or not carry.is_contiguous():
+        raise ValueError(f"carry must be contiguous with x's {x.numel()} elements, got shape {tuple(carry.shape)}")

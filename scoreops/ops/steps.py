@@ -12,7 +12,7 @@ import torch
 from ..core.checks import (as_counter, canonical_device, check_batched, check_choice, check_float, check_int,
                            check_positive, coef_layout)
 from .backends import implementation, resolve_backend
-from .sigma_steps import check_path
+from .sigma_steps import check_carry, check_path
 
 
 def _records_grad(*tensors: torch.Tensor) -> bool:
@@ -37,7 +37,7 @@ def as_coef(name: str, v, x: torch.Tensor) -> torch.Tensor:
 
 def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, lane: int = 0,
              sample_offset: int = 0, add_noise: bool = True, path: torch.Tensor | None = None, depth: int = 0,
-             inplace: bool = False, backend: str = "auto") -> torch.Tensor:
+             carry: torch.Tensor | None = None, inplace: bool = False, backend: str = "auto") -> torch.Tensor:
     """One fused SDE update ``x + a*score + b*z + c*(z*z - 1)``, z ~ N(0, I) from the stream.
 
     EM is ``a = g**2 dt, b = g sqrt(dt), c = 0``; Milstein adds ``c = g g' dt / 2``; the VE
@@ -63,6 +63,9 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
             device; the CPU kernel and the torch reference refuse a step outside the table or an
             invalid pair, the CUDA and Triton kernels give NaN.
         depth: the tree's depth L, 0 <= L <= 32 (with path).
+        carry: with path and add_noise, the buffer a descending walk's steps share, as in
+            :func:`scoreops.ops.sigma_step`: at most L + 1 node normals per element, the same z;
+            no gradient.
         inplace: write the result into x and return x.
         backend: see the module docstring.
     Returns:
@@ -73,9 +76,14 @@ def sde_step(x: torch.Tensor, score: torch.Tensor, a, b, c=0.0, *, seed, step, l
     a, b, c = as_coef("a", a, x), as_coef("b", b, x), as_coef("c", c, x)
     seed, step = as_counter("seed", seed, x.device), as_counter("step", step, x.device)
     depth = check_path(path, depth, x.device)
+    check_carry(carry, path, x, x, score, a, b, c)
     if x.numel() == 0:
         return x if inplace else x.clone()
     impl = resolve_backend(backend, x.device)
+    if carry is not None and add_noise:
+        out = x if inplace and x.is_contiguous() else x.clone(memory_format=torch.contiguous_format)
+        implementation("sde_step_carried_", impl)(out, score, a, b, c, seed, step, sample_offset, path, depth, carry)
+        return x.copy_(out) if inplace and out is not x else out
     args = (x, score, a, b, c, seed, step, lane, sample_offset, add_noise, path, depth)
     if inplace and impl != "torch" and x.is_contiguous() and not _records_grad(x, score, a, b, c):
         implementation("sde_step_", impl)(*args)

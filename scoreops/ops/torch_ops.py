@@ -44,10 +44,10 @@ def stream_noise_like(x: torch.Tensor, seed, step, lane: int, sample_offset: int
 
 
 def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise: bool,
-             path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
+             path: torch.Tensor | None = None, depth: int = 0, carry: torch.Tensor | None = None) -> torch.Tensor:
     """``x + a*s + b*z + c*(z*z - 1)``, z from the stream, or with ``path`` the Brownian increment
-    over the step (:func:`brownian_noise_like`), the same z in both terms; ``x + a*s`` when not
-    add_noise."""
+    over the step (:func:`brownian_noise_like`, which reads and writes ``carry``), the same z in
+    both terms; ``x + a*s`` when not add_noise."""
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     x2 = x.reshape(x.shape[0], -1).to(torch.float32)
@@ -55,30 +55,41 @@ def sde_step(x, s, a, b, c, seed, step, lane: int, sample_offset: int, add_noise
     out = x2 + coef_view("a", a, x) * s2
     if add_noise:
         z = (stream_noise_like(x, seed, step, lane, sample_offset) if path is None else
-             brownian_noise_like(x, seed, step, sample_offset, path, depth))
+             brownian_noise_like(x, seed, step, sample_offset, path, depth, carry))
         out = out + coef_view("b", b, x) * z + coef_view("c", c, x) * (z * z - 1.0)
     return out.reshape(x.shape).to(x.dtype)
 
 
-def brownian_noise_like(x: torch.Tensor, seed, step, sample_offset: int, path: torch.Tensor,
-                        depth: int) -> torch.Tensor:
+def brownian_noise_like(x: torch.Tensor, seed, step, sample_offset: int, path: torch.Tensor, depth: int,
+                        carry: torch.Tensor | None = None) -> torch.Tensor:
     """The Brownian tree's normalised increments from ``path[step]`` to ``path[step + 1]`` for a batch
-    shaped like x, as float32 (B, D). Reads the step and the two coordinates on the host: the
-    reference only, which a CUDA graph cannot capture."""
+    shaped like x, as float32 (B, D). With ``carry`` (float32, x's numel) the step is one of a
+    carried walk (:func:`scoreops.core.brownian.brownian_carried_increment`): it reads the carry and,
+    where ``path[step + 2]`` continues the descent, writes the next one. Reads the step and the
+    coordinates on the host: the reference only, which a CUDA graph cannot capture."""
     k, points = _host_counter(step), path.shape[0]
     if not 0 <= k < points - 1:
         raise ValueError(f"step {k} has no interval in the path table of {points} points")
     q_from, q_to = path[k:k + 2].tolist()
     b = x.shape[0]
-    return brownian.brownian_increment(_host_counter(seed), q_from, q_to, depth, b, x.numel() // b, sample_offset,
-                                       x.device)
+    if carry is None:
+        return brownian.brownian_increment(_host_counter(seed), q_from, q_to, depth, b, x.numel() // b,
+                                           sample_offset, x.device)
+    q_next = int(path[k + 2]) if k + 2 < points else None
+    q_next = q_next if q_next is not None and 0 <= q_next < q_to else None
+    z, next_carry = brownian.brownian_carried_increment(_host_counter(seed), q_from, q_to, q_next, depth,
+                                                        carry.view(b, -1), sample_offset)
+    if next_carry is not None:
+        carry.view(b, -1).copy_(next_carry)
+    return z
 
 
 def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_noise: bool,
-               path: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
+               path: torch.Tensor | None = None, depth: int = 0, carry: torch.Tensor | None = None) -> torch.Tensor:
     """``a*x + sum_k b_k*terms[k] + e*z`` with ``coefs = (a, b_0, ..., b_{K-1}, e)``, z from the stream
     (dropped unless add_noise), or with ``path`` the Brownian increment over the step
-    (:func:`brownian_noise_like`); float32, accumulated in that order, result in x's dtype."""
+    (:func:`brownian_noise_like`, which reads and writes ``carry``); float32, accumulated in that
+    order, result in x's dtype."""
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     c = coefs.to(torch.float32)
@@ -87,9 +98,21 @@ def sigma_step(x, terms, coefs, seed, step, lane: int, sample_offset: int, add_n
         out = out + c[1 + k] * term.reshape(out.shape).to(torch.float32)
     if add_noise:
         z = (stream_noise_like(x, seed, step, lane, sample_offset) if path is None else
-             brownian_noise_like(x, seed, step, sample_offset, path, depth))
+             brownian_noise_like(x, seed, step, sample_offset, path, depth, carry))
         out = out + c[len(terms) + 1] * z
     return out.reshape(x.shape).to(x.dtype)
+
+
+def sde_step_carried_(x, s, a, b, c, seed, step, sample_offset: int, path: torch.Tensor, depth: int,
+                      carry: torch.Tensor) -> None:
+    """:func:`sde_step` with noise, written into x: one noisy step of a carried Brownian walk."""
+    x.copy_(sde_step(x, s, a, b, c, seed, step, 0, sample_offset, True, path, depth, carry))
+
+
+def sigma_step_carried(x, terms, coefs, seed, step, sample_offset: int, path: torch.Tensor, depth: int,
+                       carry: torch.Tensor) -> torch.Tensor:
+    """:func:`sigma_step` with noise: one noisy step of a carried Brownian walk."""
+    return sigma_step(x, terms, coefs, seed, step, 0, sample_offset, True, path, depth, carry)
 
 
 def sample_sq_norms(s, seed, step, lane: int, sample_offset: int, with_noise: bool) -> torch.Tensor:
