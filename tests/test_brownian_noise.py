@@ -492,7 +492,8 @@ T_SAMPLERS = {
 
 
 class SdeRecorder:
-    """The loop's sde_step, recording every noisy call's z (the same call on zeros with (a, b, c) = (0, 1, 0))."""
+    """The loop's sde_step, recording every noisy call's z (the same call on zeros with (a, b, c) = (0, 1, 0));
+    its carried twin (:meth:`carried`) records the z of the Brownian walk's steps, on a copy of the carry."""
 
     def __init__(self, op):
         self.op, self.z = op, []
@@ -504,13 +505,25 @@ class SdeRecorder:
             self.z.append(self.op(zeros, zeros, zero, one, zero, seed, step, lane, offset, True, path, depth))
         return self.op(x, s, a, b, c, seed, step, lane, offset, add_noise, path, depth)
 
+    def carried(self, op):
+        def step(x, s, a, b, c, seed, step, offset, path, depth, carry):
+            zero, one = torch.zeros(1, device=x.device), torch.ones(1, device=x.device)
+            z, zeros = torch.zeros_like(x), torch.zeros_like(x)
+            op(z, zeros, zero, one, zero, seed, step, offset, path, depth, carry.clone())
+            self.z.append(z)
+            op(x, s, a, b, c, seed, step, offset, path, depth, carry)
+        return step
+
 
 @pytest.fixture
 def sde_recorder(monkeypatch):
+    """One SdeRecorder per sampler loop, for both of its step ops."""
     recorders = []
     real = loop_module.ops.implementation
 
     def implementation(name, backend):
+        if name == "sde_step_carried_":
+            return recorders[-1].carried(real(name, backend))
         recorders.append(SdeRecorder(real(name, backend)))
         return recorders[-1]
     monkeypatch.setattr(loop_module.ops, "implementation", implementation)

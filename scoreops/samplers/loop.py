@@ -27,6 +27,9 @@ class Plan:
     # (num_steps + 1,) int64: the Brownian tree's coordinate of each grid point (the predictor's
     # step k reads path[k] and path[k + 1]); None for i.i.d. noise.
     path: torch.Tensor | None = None
+    # (B * D,) float32: the carry the steps of the Brownian walk share (flat, so that a clone
+    # stays contiguous); None for i.i.d. noise.
+    carry: torch.Tensor | None = None
 
     def clone(self) -> Plan:
         return Plan(**{f.name: _optional(aligned_rows, getattr(self, f.name)) for f in fields(self)})
@@ -67,8 +70,9 @@ class Loop:
     with ``denoise``, a last row of the plan is the noise-free Tweedie step ``x + std**2 s``.
 
     ``noise`` is the predictor's: ``"iid"`` stream normals, or ``"brownian"`` increments of the
-    path whose tree coordinates ``plan.path`` holds, on a tree of ``depth``; the corrector's
-    Langevin noise is i.i.d. either way.
+    path whose tree coordinates ``plan.path`` holds, on a tree of ``depth``, its noisy steps a
+    carried walk through ``plan.carry`` (at most L + 1 node normals per element and step); the
+    corrector's Langevin noise is i.i.d. either way.
     """
 
     def __init__(self, backend: str, num_steps: int, sample_offset: int, corrector_steps: int = 0,
@@ -79,6 +83,7 @@ class Loop:
         self.denoise, self.noise, self.depth = denoise, noise, depth
         self.rows = num_steps + int(denoise)
         self._sde_step = ops.implementation("sde_step", backend)
+        self._carried_step = ops.implementation("sde_step_carried_", backend)
 
     @property
     def key(self) -> tuple:
@@ -91,10 +96,17 @@ class Loop:
             x = ops.langevin_correct(x, score(x, t), self.snr, seed=plan.seed, step=step,
                                      lane=noise.corrector_lane(r), sample_offset=self.sample_offset,
                                      noise_norm=self.noise_norm, per_sample=self.per_sample, backend=self.backend)
+        s = score(x, t)
         # The last step returns the mean, as the tutorial's samplers do.
-        return self._sde_step(x, score(x, t), plan.a[k], plan.b[k], plan.c[k], plan.seed, step,
-                              noise.LANE_PREDICTOR, self.sample_offset, k < self.num_steps - 1, plan.path,
-                              self.depth)
+        noisy = k < self.num_steps - 1
+        if noisy and plan.carry is not None:
+            # The carried step writes x in place: step 0's x is the caller's x(1), so a copy.
+            x = x.clone(memory_format=torch.contiguous_format) if k == 0 or not x.is_contiguous() else x
+            self._carried_step(x, s, plan.a[k], plan.b[k], plan.c[k], plan.seed, step, self.sample_offset, plan.path,
+                               self.depth, plan.carry)
+            return x
+        return self._sde_step(x, s, plan.a[k], plan.b[k], plan.c[k], plan.seed, step, noise.LANE_PREDICTOR,
+                              self.sample_offset, noisy, plan.path, self.depth)
 
     def run(self, score_model, x: torch.Tensor, plan: Plan, progress: bool = False,
             check_first: bool = True) -> torch.Tensor:

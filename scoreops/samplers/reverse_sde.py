@@ -105,9 +105,10 @@ def brownian_path(times: torch.Tensor, num_steps: int, tol) -> tuple[torch.Tenso
 
 
 def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correction, denoise,
-              path: torch.Tensor | None = None) -> Plan:
+              path: torch.Tensor | None = None, numel: int = 0) -> Plan:
     """The device plan of the steps (ts, dts); with ``denoise`` a last row ``x + std(t_end)**2 s(x, t_end)``;
-    ``path``, the Brownian table of :func:`brownian_path` (None for i.i.d. noise), goes to the device."""
+    ``path``, the Brownian table of :func:`brownian_path` (None for i.i.d. noise), goes to the device,
+    with a carry buffer of x's ``numel`` elements."""
     a, b, c = _predictor_coefs(schedule, ts, dts, predictor, correction)
     if denoise:
         t_end = torch.tensor([t_end], dtype=torch.float64)
@@ -117,7 +118,8 @@ def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correcti
     a, b, c = (aligned_rows(v.to(device=device, dtype=torch.float32).reshape(-1, 1)) for v in (a, b, c))
     return Plan(t=aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
                 steps=aligned_rows(torch.arange(len(ts), dtype=torch.int64, device=device).reshape(-1, 1)),
-                seed=seed, path=None if path is None else path.to(device))
+                seed=seed, path=None if path is None else path.to(device),
+                carry=None if path is None else torch.empty(numel, dtype=torch.float32, device=device))
 
 
 def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, shape,
@@ -141,7 +143,8 @@ def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, n
     graphed = use_graph(cuda_graph, device, backend, progress)
     seed = seed_tensor(seed, device)
     x_T = starting_sample("x_T", x_T, sde, batch_size, shape, seed, sample_offset, device, backend)
-    plan = make_plan(sde, ts, dts, t_end, x_T.shape[0], device, seed, predictor, correction, denoise, path)
+    plan = make_plan(sde, ts, dts, t_end, x_T.shape[0], device, seed, predictor, correction, denoise, path,
+                     x_T.numel())
     loop = Loop(backend, len(dts), sample_offset, corrector_steps, snr, noise_norm, per_sample, denoise, noise,
                 depth)
     with torch.no_grad():

@@ -105,7 +105,8 @@ class _Run:
         self._first = checked(denoiser, "denoiser")
         self._denoiser = denoiser
         self._calls = 0
-        self.path, self.depth = None, 0  # i.i.d. noise until noise_from() says otherwise
+        self.path, self.depth, self.carry = None, 0, None  # i.i.d. noise until noise_from() says otherwise
+        self.numel = x.numel()
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         self.buffers.append(rows)
@@ -133,7 +134,9 @@ class _Run:
         one path on the tree of the grid's positive sigmas with leaves at most ``tol`` wide.
 
         The tree's int64 coordinate table, one entry per grid point, is made here once and kept
-        with the other device tables; the kind and the tree's depth are control values.
+        with the other device tables; the kind and the tree's depth are control values. When the
+        noisy steps come first and autograd is off, they are one carried walk (at most L + 1 node
+        normals per element and step, the same z) through a carry buffer kept with the tables.
         """
         check_choice("noise", kind, NOISE_KINDS)
         self.control.append(kind)
@@ -143,11 +146,19 @@ class _Run:
         self.path = self._keep(tree.grid_table(self.sigmas).to(self.device))
         self.depth = tree.depth
         self.control.append(tree.depth)
+        quiet = noisy.index(False) if False in noisy else len(noisy)
+        if not any(noisy[quiet:]) and not torch.is_grad_enabled():  # a carry is mutated: no gradient
+            self.carry = self._keep(torch.empty(self.numel, dtype=torch.float32, device=self.device))
+            self.carried_op = ops.implementation("sigma_step_carried", self.impl)
+        self.control.append(self.carry is not None)
 
     def update(self, i: int, x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor,
                noisy: bool) -> torch.Tensor:
         """``a x + sum_k b_k terms[k] + e z`` with row ``coefs``, z of stream step i (or the
         Brownian increment from sigma_i to sigma_{i+1})."""
+        if noisy and self.carry is not None:
+            return self.carried_op(x, terms, coefs, self.seed, self.steps[i], self.sample_offset, self.path,
+                                   self.depth, self.carry)
         return self.op(x, terms, coefs, self.seed, self.steps[i], noise.LANE_PREDICTOR, self.sample_offset, noisy,
                        self.path, self.depth)
 
