@@ -2,8 +2,8 @@
 
 For each update (Euler-Maruyama, Milstein, Langevin corrector, reverse-diffusion predictor, EM's
 noise-free last step ``em_mean``, EM with Brownian-tree noise ``em_brownian``, and the
-Euler-ancestral sigma step with i.i.d. or Brownian-tree noise) and each size, one run times side by
-side:
+Euler-ancestral sigma step with i.i.d. or Brownian-tree noise; the Brownian rows stateless and as
+a step of a carried walk, ``*_carried``) and each size, one run times side by side:
 
 * ``eager``: the tutorial's torch expression, noise from ``torch.randn_like``;
 * ``compile``: ``torch.compile`` of that same function (one static-shape compile per size), with
@@ -120,6 +120,7 @@ class StepInputs:
     t_path: torch.Tensor       # int64 Brownian-tree coordinates of EM's t grid, linspace(1, EPS, NUM_STEPS)
     t_depth: int
     t_path_step: torch.Tensor  # (1,) int64: the t-grid step the em_brownian row times
+    carry: torch.Tensor        # x's numel float32: the carried rows' carry (zeros: any values time alike)
 
 
 def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
@@ -145,6 +146,18 @@ def t_brownian_setup() -> tuple[torch.Tensor, int, int]:
     return torch.tensor(q), tree.depth, k
 
 
+def brownian_normals() -> dict[str, int]:
+    """Node normals per element that each Brownian row's timed step draws, stateless and carried."""
+    _, path, depth, k, _ = brownian_setup()
+    t_path, t_depth, t_k = t_brownian_setup()
+    counts = {}
+    for row, (q, L, step) in {"ancestral_brownian": (path, depth, k), "em_brownian": (t_path, t_depth, t_k)}.items():
+        q_from, q_to = int(q[step]), int(q[step + 1])
+        counts[row] = normals_per_element(q_from, q_to, L)
+        counts[row + "_carried"] = normals_per_element(q_from, q_to, L, carried=True)
+    return counts
+
+
 def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
     """Fresh random x and s of ``shape`` and the VE SDE's coefficients at t = :data:`T`."""
     batch, sde = shape[0], VESDE(SIGMA)
@@ -168,32 +181,36 @@ def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
         seed=torch.randint(0, 2**62, (1,), device=device), step=torch.tensor([7], device=device),
         ancestral=ancestral.to(device), path=path.to(device), depth=depth,
         path_step=torch.tensor([path_step], device=device), t_path=t_path.to(device), t_depth=t_depth,
-        t_path_step=torch.tensor([t_path_step], device=device))
+        t_path_step=torch.tensor([t_path_step], device=device), carry=torch.zeros(x.numel(), device=device))
 
 
 @dataclass(frozen=True)
 class StepCase:
-    """One update: its eager tutorial form, its fused scoreops form, and the bytes it must move."""
+    """One update: its eager tutorial form, its fused scoreops form, and the bytes it must move;
+    ``baselines``: other cases whose fused ops are timed in the same interleaved rounds, so that
+    the row's fused time is compared with theirs side by side."""
     eager: Callable[..., torch.Tensor]
     eager_args: Callable[[StepInputs], tuple]
     fused: Callable[[StepInputs, str], torch.Tensor]
     bytes_per_element: int
+    baselines: tuple[str, ...] = ()
 
 
-def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True,
-                    brownian: bool = False) -> Callable[[StepInputs, str], torch.Tensor]:
+def _fused_sde_step(a: str, b: str, c: str, add_noise: bool = True, brownian: bool = False,
+                    carried: bool = False) -> Callable[[StepInputs, str], torch.Tensor]:
     def fused(p: StepInputs, backend: str) -> torch.Tensor:
         if brownian:
             return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.t_path_step,
-                                path=p.t_path, depth=p.t_depth, backend=backend)
+                                path=p.t_path, depth=p.t_depth, carry=p.carry if carried else None,
+                                backend=backend)
         return ops.sde_step(p.x, p.s, p.coefs[a], p.coefs[b], p.coefs[c], seed=p.seed, step=p.step,
                             add_noise=add_noise, backend=backend)
     return fused
 
 
-def _fused_ancestral(brownian: bool) -> Callable[[StepInputs, str], torch.Tensor]:
+def _fused_ancestral(brownian: bool, carried: bool = False) -> Callable[[StepInputs, str], torch.Tensor]:
     def fused(p: StepInputs, backend: str) -> torch.Tensor:
-        path = dict(path=p.path, depth=p.depth) if brownian else {}
+        path = dict(path=p.path, depth=p.depth, carry=p.carry if carried else None) if brownian else {}
         return ops.sigma_step(p.x, [p.s], p.ancestral, seed=p.seed, step=p.path_step, add_noise=True,
                               backend=backend, **path)
     return fused
@@ -213,13 +230,23 @@ CASES: dict[str, StepCase] = {
     # The same bytes without the noise: beside "em" it shows what the in-kernel noise costs.
     "em_mean": StepCase(eager_em_mean, lambda p: (p.x, p.s, p.g, p.dt),
                         _fused_sde_step("em_a", "em_b", "zero", add_noise=False), 12),
-    # EM with z the Brownian tree's increment in t: beside "em" it shows what the tree costs.
+    # EM with z the Brownian tree's increment in t, timed beside "em": what the tree costs.
     "em_brownian": StepCase(eager_em, lambda p: (p.x, p.s, p.g, p.dt),
-                            _fused_sde_step("em_a", "em_b", "zero", brownian=True), 12),
+                            _fused_sde_step("em_a", "em_b", "zero", brownian=True), 12, ("em",)),
     # The sigma-space step with its two kinds of noise (s stands in for the denoiser output): the
     # ratio of their fused times is what the Brownian tree costs.
     "ancestral": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(False), 12),
-    "ancestral_brownian": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(True), 12),
+    "ancestral_brownian": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral), _fused_ancestral(True), 12,
+                                   ("ancestral",)),
+    # The same Brownian steps as one step of a carried walk (the samplers' way): one path's
+    # normals instead of two, and the carry read and written (8 more bytes per element); timed
+    # beside the i.i.d. and the stateless Brownian step.
+    "em_brownian_carried": StepCase(eager_em, lambda p: (p.x, p.s, p.g, p.dt),
+                                    _fused_sde_step("em_a", "em_b", "zero", brownian=True, carried=True), 20,
+                                    ("em", "em_brownian")),
+    "ancestral_brownian_carried": StepCase(eager_ancestral, lambda p: (p.x, p.s, p.ancestral),
+                                           _fused_ancestral(True, carried=True), 20,
+                                           ("ancestral", "ancestral_brownian")),
 }
 
 
@@ -292,6 +319,8 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
                 variants[mode] = compiled
     for backend in backends:
         variants[backend] = lambda backend=backend: case.fused(p, backend)
+        for base in case.baselines:
+            variants[f"{base} {backend}"] = lambda base=base, backend=backend: CASES[base].fused(p, backend)
     for fn in variants.values():
         fn()  # warm-up: kernel loading, allocator
     timings = common.median_times(variants, rounds=rounds, min_run_time=min_run_time)
@@ -315,10 +344,13 @@ def measure_case(name: str, shape: tuple[int, ...], device: torch.device, backen
             "fraction_of_copy": common.ratio(common.gb_per_s(step_bytes, fused), copy_gbps),
             "speedup_vs_eager": common.ratio(times["eager"], fused),
             "speedup_vs_compile": None if best_compile is None else common.ratio(best_compile, fused),
+            "time_vs_baselines": {base: common.ratio(fused, times[f"{base} {backend}"]) for base in case.baselines}
+            or None,
             "compile_errors": compile_errors,
         }
         used = {"fused": timings[backend], "eager": timings["eager"], "copy": timings["copy"],
-                **{mode: timings[mode] for mode in compiled}}
+                **{mode: timings[mode] for mode in compiled},
+                **{base: timings[f"{base} {backend}"] for base in case.baselines}}
         rows.append(common.judge(row, used, FIGURES, max_rel_iqr))
     return rows
 
@@ -331,7 +363,9 @@ COLUMNS = [
     common.Column("compile_aten_rng_ms", "compile (aten rng) ms", "{:.3g}"),
     common.Column("fused_gbps", "fused GB/s", "{:.3g}"), common.Column("copy_gbps", "copy GB/s", "{:.3g}"),
     common.Column("fraction_of_copy", "of copy", "{:.0%}"), common.Column("speedup_vs_eager", "x eager", "{:.2f}"),
-    common.Column("speedup_vs_compile", "x compile", "{:.2f}"), *common.RELIABILITY_COLUMNS,
+    common.Column("speedup_vs_compile", "x compile", "{:.2f}"),
+    common.Column("time_vs_baselines", "time vs", lambda v: ", ".join(f"{k} {r:.3g}x" for k, r in v.items())),
+    *common.RELIABILITY_COLUMNS,
     common.Column("error", "error"),
 ]
 
@@ -346,7 +380,13 @@ increment in t (`noise="brownian"` of the t-grid samplers), at the step of the t
 grid that takes the most node normals. `ancestral`: k-diffusion's Euler-ancestral step as one
 `sigma_step` (a x + b D + e z); `ancestral_brownian`: the same step with z the Brownian tree's
 increment (`noise="brownian"`), at the step of a 20-level Karras grid that takes the most node
-normals; both against the same eager step with `torch.randn_like`. `error`: why a case has no times.
+normals; both against the same eager step with `torch.randn_like`. `*_carried`: the same Brownian
+step as one step of a carried walk, as the samplers take it (the carry buffer holds the part of the
+increment the previous step walked: one tree path's normals, at most L + 1, instead of two; 8 more
+bytes per element for the carry). `time vs`: the row's fused time over the fused times of the
+steps named there (the i.i.d. step, and for a carried row the stateless Brownian step), all timed
+in the same interleaved rounds; the settings' `brownian_normals_per_element` gives each Brownian
+row's node normals per element. `error`: why a case has no times.
 GB/s counts the bytes the fused op must move (12 per element; 16 for the Langevin corrector,
 whose norms take a pass of their own); `copy GB/s` is `dst.copy_(src)` of the same size (8 bytes
 per element), the floor of a memory-bound step, and `of copy` is fused GB/s over copy GB/s; where
@@ -399,7 +439,8 @@ def main(argv: list[str] | None = None) -> tuple:
     print(common.markdown_table([], COLUMNS), flush=True)
     settings = {"sizes": [common.format_shape(s) for s in shapes], "ops": names, "backends": backends,
                 "compile": args.compile, "quick": args.quick, "sigma": SIGMA, "t": T, "num_steps": NUM_STEPS,
-                "snr": SNR, **timing, **common.reliability_settings(args)}
+                "snr": SNR, "brownian_normals_per_element": brownian_normals(), **timing,
+                **common.reliability_settings(args)}
     title = "Step updates: fused scoreops ops vs the eager tutorial step"
     rows = []
     for shape in shapes:
