@@ -16,7 +16,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <type_traits>
 
+#include "brownian.h"
 #include "ops.h"
 #include "philox.h"
 
@@ -125,6 +128,37 @@ struct NoiseKeys {
   }
 };
 
+// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise), and the
+// carry buffer of a carried walk (null: stateless).
+struct Path {
+  const int64_t* q;
+  int64_t points;
+  int64_t depth;
+  float* carry;
+};
+
+inline Path make_path(const at::Tensor& contiguous_path, int64_t depth, const std::optional<at::Tensor>& carry) {
+  const bool tree = contiguous_path.defined();
+  return {tree ? contiguous_path.const_data_ptr<int64_t>() : nullptr, tree ? contiguous_path.size(0) : 0, depth,
+          tree && carry.has_value() ? carry->mutable_data_ptr<float>() : nullptr};
+}
+
+// The Brownian increment of group g (elements base .. base + n - 1, n <= 4) of sample i into z,
+// on the call's walk; a carried walk's carry of the group is read and written with scalar
+// accesses (n may be < 4).
+__device__ __forceinline__ void path_increment4(const BrownianWalk& walk, const Path& path, const NoiseKeys& keys,
+                                                int64_t i, int64_t g, int64_t base, int n, float z[4]) {
+  float delta[4], scratch[4], part[4], held[4];
+  const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
+  if (path.carry != nullptr) {
+    load4<false>(path.carry + base, n, held);
+  }
+  brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
+                     path.carry != nullptr ? held : nullptr);
+  if (path.carry != nullptr && walk.write_carry) {
+    store4<false>(path.carry + base, n, held);
+  }
+}
 
 // seed and step stay in device memory: the kernels read them, so a graph replay sees new values.
 inline Noise make_noise(const at::Tensor& seed, const at::Tensor& step, int64_t lane, int64_t sample_offset) {

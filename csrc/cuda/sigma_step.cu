@@ -9,7 +9,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <type_traits>
 #include <vector>
 
 #include "brownian.h"
@@ -23,15 +22,6 @@ template <typename scalar_t>
 struct Terms {
   const scalar_t* t[kMaxTerms];
   int count;
-};
-
-// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise), and the
-// carry buffer of a carried walk (null: stateless).
-struct Path {
-  const int64_t* q;
-  int64_t points;
-  int64_t depth;
-  float* carry;
 };
 
 // One thread per group of 4 elements of one sample, as sde_step_kernel, so one Philox call gives
@@ -82,17 +72,7 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
     if (add_noise) {
       float z[4];
       if (path.q != nullptr) {
-        float delta[4], scratch[4], part[4];
-        const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
-        float held[4];  // the group's carry, read and written with scalar accesses (n may be < 4)
-        if (path.carry != nullptr) {
-          load4<false>(path.carry + base, n, held);
-        }
-        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
-                           path.carry != nullptr ? held : nullptr);
-        if (path.carry != nullptr && walk.write_carry) {
-          store4<false>(path.carry + base, n, held);
-        }
+        path_increment4(walk, path, keys, i, g, base, n, z);
       } else {
         keys.normals(i, g, z);
       }
@@ -124,8 +104,7 @@ at::Tensor run_sigma_step(const at::Tensor& x, at::TensorList terms, const at::T
   const int64_t batch = x.size(0), dim = per_sample_numel(x), groups = (dim + 3) / 4;
   const Noise noise = make_noise(seed, step, lane, sample_offset);
   const at::Tensor pc = path.has_value() ? path->contiguous() : at::Tensor();
-  const Path tree{pc.defined() ? pc.const_data_ptr<int64_t>() : nullptr, pc.defined() ? pc.size(0) : 0, depth,
-                  pc.defined() && carry.has_value() ? carry->mutable_data_ptr<float>() : nullptr};
+  const Path tree = make_path(pc, depth, carry);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   SCOREOPS_DISPATCH_FLOATS(x.scalar_type(), "sigma_step", [&] {
     Terms<scalar_t> tt{};

@@ -11,28 +11,12 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <type_traits>
 
 #include "brownian.h"
 #include "cuda/cuda_kernels.h"
 
 namespace scoreops::cuda {
 namespace {
-
-// The Brownian path of a call: the int64 table of tree coordinates (null: i.i.d. noise), and the
-// carry buffer of a carried walk (null: stateless).
-struct Path {
-  const int64_t* q;
-  int64_t points;
-  int64_t depth;
-  float* carry;
-};
-
-inline Path make_path(const at::Tensor& contiguous_path, int64_t depth, const std::optional<at::Tensor>& carry) {
-  const bool tree = contiguous_path.defined();
-  return {tree ? contiguous_path.const_data_ptr<int64_t>() : nullptr, tree ? contiguous_path.size(0) : 0, depth,
-          tree && carry.has_value() ? carry->mutable_data_ptr<float>() : nullptr};
-}
 
 // One thread per group of 4 elements of one sample, so one Philox call gives the group's normals
 // (or one tree node's normals, on the Brownian path).
@@ -59,17 +43,7 @@ __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Co
       b.load<kVec>(i, base, n, bv);
       c.load<kVec>(i, base, n, cv);
       if (brownian) {
-        float delta[4], scratch[4], part[4];
-        const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
-        float held[4];  // the group's carry, read and written with scalar accesses (n may be < 4)
-        if (path.carry != nullptr) {
-          load4<false>(path.carry + base, n, held);
-        }
-        brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
-                           path.carry != nullptr ? held : nullptr);
-        if (path.carry != nullptr && walk.write_carry) {
-          store4<false>(path.carry + base, n, held);
-        }
+        path_increment4(walk, path, keys, i, g, base, n, z);
       } else {
         keys.normals(i, g, z);
       }
