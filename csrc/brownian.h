@@ -100,7 +100,7 @@ SCOREOPS_HD void brownian_carry(BrownianWalk& w, int64_t q_next) {
   }
   w.valid = w.negate;
   w.carried = true;
-  w.write_carry = q_next >= 0 && q_next < w.a;
+  w.write_carry = w.valid && q_next >= 0 && q_next < w.a;
   if (w.write_carry) {
     w.next_shared = w.depth - bit_length64(static_cast<uint64_t>(w.a ^ q_next));
     w.next_weight = 1.0 / std::sqrt(static_cast<double>(w.a - q_next));
@@ -207,9 +207,13 @@ SCOREOPS_HD void brownian_increment(const BrownianWalk& w, const Normals& normal
       node = 2 * node + static_cast<uint32_t>(bit);
     }
     normals(node, z);
-    brownian_halves(n, delta, z, carried ? z : out, false);
     level = w.shared + 1;
-    if (!carried) {
+    // A carried walk drops b's half. A branch, not a select between the arrays' pointers, which
+    // would put them in local memory on CUDA.
+    if (carried) {
+      brownian_halves(n, delta, z, z, false);
+    } else {
+      brownian_halves(n, delta, z, out, false);
       // From the left end of the right half to b: the left halves of the nodes where b goes right.
       uint32_t right = 2 * node + 1;
       const int stop_b = std::max(level, depth - tree_trailing_zeros(w.b, depth));

@@ -144,19 +144,19 @@ inline Path make_path(const at::Tensor& contiguous_path, int64_t depth, const st
 }
 
 // The Brownian increment of group g (elements base .. base + n - 1, n <= 4) of sample i into z,
-// on the call's walk; a carried walk's carry of the group is read and written with scalar
-// accesses (n may be < 4).
+// on the call's walk; a carried walk reads and writes the group's carry as one float4 where kVec
+// (the carry aligned too), else element by element.
+template <bool kVec>
 __device__ __forceinline__ void path_increment4(const BrownianWalk& walk, const Path& path, const NoiseKeys& keys,
                                                 int64_t i, int64_t g, int64_t base, int n, float z[4]) {
-  float delta[4], scratch[4], part[4], held[4];
+  float delta[4], scratch[4], part[4], held[4] = {};
   const BrownianGroupNormals normals{static_cast<uint32_t>(g), keys.seed, keys.sample_offset + i};
-  if (path.carry != nullptr) {
-    load4<false>(path.carry + base, n, held);
+  if (walk.carried && !walk.to_top) {
+    load4<kVec>(path.carry + base, n, held);
   }
-  brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z,
-                     path.carry != nullptr ? held : nullptr);
-  if (path.carry != nullptr && walk.write_carry) {
-    store4<false>(path.carry + base, n, held);
+  brownian_increment(walk, normals, std::integral_constant<int, 4>{}, delta, scratch, part, z, held);
+  if (walk.carried && walk.write_carry) {
+    store4<kVec>(path.carry + base, n, held);
   }
 }
 

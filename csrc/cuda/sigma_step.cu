@@ -72,7 +72,7 @@ __global__ void sigma_step_kernel(const scalar_t* x, Terms<scalar_t> terms, cons
     if (add_noise) {
       float z[4];
       if (path.q != nullptr) {
-        path_increment4(walk, path, keys, i, g, base, n, z);
+        path_increment4<kVec>(walk, path, keys, i, g, base, n, z);
       } else {
         keys.normals(i, g, z);
       }
@@ -111,7 +111,8 @@ at::Tensor run_sigma_step(const at::Tensor& x, at::TensorList terms, const at::T
     tt.count = static_cast<int>(k);
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    bool vec = dim % 4 == 0 && aligned4(xp, sizeof(scalar_t)) && aligned4(op, sizeof(scalar_t));
+    bool vec = dim % 4 == 0 && aligned4(xp, sizeof(scalar_t)) && aligned4(op, sizeof(scalar_t)) &&
+               (tree.carry == nullptr || aligned4(tree.carry, sizeof(float)));
     for (int64_t j = 0; j < k; ++j) {
       tt.t[j] = keep[static_cast<size_t>(j)].const_data_ptr<scalar_t>();
       vec = vec && aligned4(tt.t[j], sizeof(scalar_t));

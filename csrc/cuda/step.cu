@@ -43,7 +43,7 @@ __global__ void sde_step_kernel(const scalar_t* x, const scalar_t* s, Coef a, Co
       b.load<kVec>(i, base, n, bv);
       c.load<kVec>(i, base, n, cv);
       if (brownian) {
-        path_increment4(walk, path, keys, i, g, base, n, z);
+        path_increment4<kVec>(walk, path, keys, i, g, base, n, z);
       } else {
         keys.normals(i, g, z);
       }
@@ -114,6 +114,7 @@ void run_sde_step(const StepShape& shape, const at::Tensor& x, const at::Tensor&
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     bool vec = shape.dim % 4 == 0 && aligned4(xp, sizeof(scalar_t)) && aligned4(sp, sizeof(scalar_t)) &&
                aligned4(op, sizeof(scalar_t));
+    vec = vec && (path.carry == nullptr || aligned4(path.carry, sizeof(float)));
     for (const Coef& k : coef) {
       vec = vec && (k.mode != CoefMode::kPerElement || aligned4(k.data, sizeof(float)));
     }
