@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ALL_BACKENDS, KERNEL_BACKENDS, skip_unless_runnable
+from mixture import GaussianMixture2D
 
 import scoreops
 from scoreops import ops
@@ -136,9 +137,10 @@ def test_opcheck(backend, device, name):
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
-def test_a_carried_walk_under_torch_compile_fullgraph(backend, device, seed):
+@pytest.mark.parametrize("name", ["sigma_step_carried", "sde_step_carried_"])
+def test_a_carried_walk_under_torch_compile_fullgraph(backend, device, name, seed):
     skip_unless_runnable(backend, device)
-    op = ops.implementation("sigma_step_carried", ops.resolve_backend(backend, device))
+    op = ops.implementation(name, ops.resolve_backend(backend, device))
     path, depth = karras_table()
     path = path.to(device)
     x, d = torch.randn(4, 37, device=device), torch.randn(4, 37, device=device)
@@ -147,7 +149,11 @@ def test_a_carried_walk_under_torch_compile_fullgraph(backend, device, seed):
 
     def walk(x, carry):
         for k in range(3):
-            x = op(x, [d], coefs, seed_t, steps[k], 0, path, depth, carry)
+            if name == "sigma_step_carried":
+                x = op(x, [d], coefs, seed_t, steps[k], 0, path, depth, carry)
+            else:
+                x = x.clone()
+                op(x, d, coefs[:1], coefs[1:2], coefs[2:], seed_t, steps[k], 0, path, depth, carry)
         return x
     carry = torch.empty(x.numel(), device=device)
     want = walk(x, carry)
@@ -172,8 +178,39 @@ def test_bad_carries_get_clear_errors(backend, device):
         ops.sigma_step(x, [], unit, path=path, carry=torch.empty(9, device=device), **kw)
     with pytest.raises(ValueError, match="contiguous"):
         ops.sigma_step(x, [], unit, path=path, carry=torch.empty(5, 2, device=device).t(), **kw)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.sigma_step(x, [], unit, path=path, carry=x.view(-1), **kw)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.sde_step(x, x, 0.0, 1.0, path=path, carry=x.view(-1), **{**kw, "add_noise": True})
     with pytest.raises(ValueError, match="no gradient"):
         ops.sigma_step(x.requires_grad_(), [], unit, path=path, carry=torch.empty(10, device=device), **kw)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_the_raw_ops_refuse_a_carry_that_shares_memory(backend, device):
+    skip_unless_runnable(backend, device)
+    impl = ops.resolve_backend(backend, device)
+    x, t = torch.zeros(2, 8, device=device), torch.zeros(2, 8, device=device)
+    unit, path = UNIT.to(device), torch.tensor([TOP, 7, 3], device=device)
+    counters = (as_counter("seed", 1, x.device), as_counter("step", 0, x.device))
+    for carry in (x.view(-1), t.view(-1)):
+        with pytest.raises(RuntimeError):
+            ops.implementation("sigma_step_carried", impl)(x, [t], torch.zeros(3, device=device), *counters, 0,
+                                                            path, L, carry)
+    with pytest.raises(RuntimeError):
+        ops.implementation("sde_step_carried_", impl)(x, t, unit[:1], unit[1:], unit[:1], *counters, 0, path, L,
+                                                      t.view(-1))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_a_step_reading_an_unwritten_carry_gives_nan(backend, device, seed):
+    """A walk's carry starts as NaN: a step that reads it before a step wrote it shows."""
+    skip_unless_runnable(backend, device)
+    path = torch.tensor([TOP, 9_000_000, 5_000, 3], device=device)
+    carry = torch.full((6,), float("nan"), device=device)
+    z = ops.sigma_step(torch.zeros(2, 3, device=device), [], UNIT.to(device), seed=seed, step=1, add_noise=True,
+                       path=path, depth=L, carry=carry, backend=backend)
+    assert z.isnan().all()
 
 
 def test_an_ascending_carried_step_is_refused_or_nan(seed):
@@ -200,8 +237,12 @@ def test_sigma_samplers_carry_only_without_autograd_and_give_the_same_samples(na
     real = sigma_space.ops.implementation
 
     def implementation(op, backend):
-        calls.append(op)
-        return real(op, backend)
+        fn = real(op, backend)
+
+        def call(*args):
+            calls.append(op)
+            return fn(*args)
+        return call
     monkeypatch.setattr(sigma_space.ops, "implementation", implementation)
     sample = getattr(sigma_space, f"sample_{name}")
     sigmas = scoreops.sigma_grid(VESDE(25.0), 8)
@@ -216,3 +257,42 @@ def test_sigma_samplers_carry_only_without_autograd_and_give_the_same_samples(na
     stateless = sample(denoiser, x.requires_grad_(), sigmas, seed=seed, noise="brownian")
     assert "sigma_step_carried" not in calls
     assert torch.equal(carried, stateless.detach())
+
+
+T_SAMPLERS = {
+    "em": lambda *a, **kw: scoreops.em_sample(*a, **kw),
+    "milstein": lambda *a, **kw: scoreops.milstein_sample(*a, correction="ito", **kw),
+    "pc": lambda *a, **kw: scoreops.pc_sample(*a, corrector_steps=1, **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(T_SAMPLERS))
+def test_t_grid_samplers_carry_the_stateless_bits_and_leave_their_inputs(name, monkeypatch, seed):
+    """em, milstein and pc's predictor take the carried walk: the same samples as stateless
+    steps, the caller's x(1) and every tensor the model was given left as they were."""
+    from scoreops.samplers import loop as loop_module
+
+    sde = VESDE(25.0)
+    mixture = GaussianMixture2D(sigma=sde.sigma)
+    given = []
+
+    def score(x, t):
+        given.append((x, x.clone()))
+        return mixture(x, t)
+    x_T = 25.0 * torch.randn(16, 2)
+    before = x_T.clone()
+    carried = T_SAMPLERS[name](score, sde, None, 16, 12, shape=(2,), x_T=x_T, seed=seed, noise="brownian")
+    assert torch.equal(x_T, before)
+    assert all(torch.equal(x, copy) for x, copy in given)
+
+    real = loop_module.ops.implementation
+
+    def stateless(op, backend):
+        if op != "sde_step_carried_":
+            return real(op, backend)
+        step = real("sde_step", backend)
+        return lambda x, s, a, b, c, seed, k, offset, path, depth, carry: x.copy_(
+            step(x, s, a, b, c, seed, k, 0, offset, True, path, depth))
+    monkeypatch.setattr(loop_module.ops, "implementation", stateless)
+    assert torch.equal(T_SAMPLERS[name](mixture, sde, None, 16, 12, shape=(2,), x_T=x_T, seed=seed, noise="brownian"),
+                       carried)

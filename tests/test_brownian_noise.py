@@ -196,7 +196,8 @@ def test_bad_paths_get_clear_errors(backend, device):
 
 # --------------------------------------------------------------------------- the samplers
 class Recorder:
-    """The sampler's op, recording every noisy call's z (the same call with x = 0 and coefs (0, 1))."""
+    """The sampler's op, recording every noisy call's z (the same call with x = 0 and coefs (0, 1));
+    its carried twin (:meth:`carried`) records the z of the Brownian walk's steps, on a copy of the carry."""
 
     def __init__(self, op):
         self.op, self.z = op, []
@@ -207,13 +208,23 @@ class Recorder:
             self.z.append(self.op(torch.zeros_like(x), [], unit, seed, step, lane, offset, True, path, depth))
         return self.op(x, terms, coefs, seed, step, lane, offset, add_noise, path, depth)
 
+    def carried(self, op):
+        def step(x, terms, coefs, seed, step, offset, path, depth, carry):
+            unit = torch.tensor([0.0, 1.0], device=x.device)
+            self.z.append(op(torch.zeros_like(x), [], unit, seed, step, offset, path, depth, carry.clone()))
+            return op(x, terms, coefs, seed, step, offset, path, depth, carry)
+        return step
+
 
 @pytest.fixture
 def recorder(monkeypatch):
+    """One Recorder per sampler run, for both of its step ops."""
     recorders = []
     real = sigma_space.ops.implementation
 
     def implementation(name, backend):
+        if name == "sigma_step_carried":
+            return recorders[-1].carried(real(name, backend))
         recorders.append(Recorder(real(name, backend)))
         return recorders[-1]
     monkeypatch.setattr(sigma_space.ops, "implementation", implementation)

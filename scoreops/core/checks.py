@@ -3,7 +3,7 @@ training, the CLI), with one message style.
 
 Integers and floats may be Python or NumPy scalars; ``bool`` is refused where a number is asked for.
 Tensor checks read only shapes, dtypes and devices, so they also run on fake tensors under
-``torch.compile``.
+``torch.compile`` (:func:`overlaps`, which reads addresses, says no for a fake tensor).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numbers
 import operator
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 #: The data dtypes of the ops; their arithmetic is float32.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,6 +54,14 @@ def check_sample_range(sample_offset: int, batch: int) -> None:
     if sample_offset + batch > 1 << 32:
         raise ValueError(f"sample_offset + batch size must be at most 2**32: the noise stream numbers samples "
                          f"in 32 bits, so sample 2**32 would repeat sample 0; got {sample_offset} + {batch}")
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of two tensors meet (a fake tensor has none)."""
+    if is_fake(a) or is_fake(b) or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return b0 < a0 + a.numel() * a.element_size() and a0 < b0 + b.numel() * b.element_size()
 
 
 def check_choice(name: str, v, choices) -> str:

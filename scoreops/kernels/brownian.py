@@ -20,9 +20,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
 from scoreops.core import brownian
+from scoreops.core.checks import overlaps
 
 from ._common import mul
 from .philox import counter_normals
@@ -221,13 +221,5 @@ def check_carry(op: str, carry: torch.Tensor, x: torch.Tensor, *inputs: torch.Te
         raise ValueError(f"{op}: carry must be contiguous with x's {x.numel()} elements, got shape "
                          f"{tuple(carry.shape)}")
     for name, t in [("x", x)] + [(f"input {k}", t) for k, t in enumerate(inputs)]:
-        if _overlap(carry, t):
+        if overlaps(carry, t):
             raise RuntimeError(f"{op}: carry overlaps {name}; pass a buffer of its own")
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the memory spans of two real tensors meet (fake tensors have none)."""
-    if is_fake(a) or is_fake(b) or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return b0 < a0 + a.numel() * a.element_size() and a0 < b0 + b.numel() * b.element_size()

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ..core.brownian import MAX_DEPTH
-from ..core.checks import MAX_TERMS, as_counter, check_batched, check_float, check_int
+from ..core.checks import MAX_TERMS, as_counter, check_batched, check_float, check_int, overlaps
 from .backends import implementation, resolve_backend
 
 
@@ -44,8 +44,9 @@ def sigma_step(x: torch.Tensor, terms: Sequence[torch.Tensor], coefs: torch.Tens
             the tree's top, ``2**L``, where a walk starts) and writes what step k + 1 reads, so a
             step draws at most L + 1 normals and gives the stateless z to the bit
             (:func:`scoreops.core.brownian.brownian_carried_increment`). Make it with
-            ``torch.empty`` and pass it to every step of the walk, in order. It has no gradient.
-            Without add_noise it is ignored.
+            ``torch.full((x.numel(),), float("nan"))``, so that a step reading a carry that no
+            step wrote gives NaN, and pass it to every step of the walk, in order. It has no
+            gradient. Without add_noise it is ignored.
         backend: see :mod:`scoreops.ops`.
     Returns:
         A new contiguous tensor of x's shape and dtype.
@@ -92,8 +93,9 @@ def check_path(path, depth, device: torch.device) -> int:
 
 
 def check_carry(carry, path, x: torch.Tensor, *inputs: torch.Tensor) -> None:
-    """carry is None, or (with a path) a contiguous float32 tensor of x's numel on x's device, and
-    autograd records nothing on ``inputs`` (a carried step mutates its carry: no gradient)."""
+    """carry is None, or (with a path) a contiguous float32 tensor of x's numel on x's device that
+    shares no memory with ``inputs`` (x and the tensors the step reads), and autograd records
+    nothing on them (a carried step mutates its carry: no gradient)."""
     if carry is None:
         return
     if path is None:
@@ -107,3 +109,5 @@ def check_carry(carry, path, x: torch.Tensor, *inputs: torch.Tensor) -> None:
         raise ValueError(f"carry is on {carry.device} but x is on {x.device}")
     if carry.numel() != x.numel() or not carry.is_contiguous():
         raise ValueError(f"carry must be contiguous with x's {x.numel()} elements, got shape {tuple(carry.shape)}")
+    if any(overlaps(carry, t) for t in inputs):
+        raise ValueError("carry shares memory with x or another input of the step; pass a buffer of its own")

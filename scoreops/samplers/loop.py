@@ -28,7 +28,8 @@ class Plan:
     # step k reads path[k] and path[k + 1]); None for i.i.d. noise.
     path: torch.Tensor | None = None
     # (B * D,) float32: the carry the steps of the Brownian walk share (flat, so that a clone
-    # stays contiguous); None for i.i.d. noise.
+    # stays contiguous; NaN until step 0 writes it, so a step reading an unwritten carry shows);
+    # None for i.i.d. noise.
     carry: torch.Tensor | None = None
 
     def clone(self) -> Plan:
@@ -100,11 +101,12 @@ class Loop:
         # The last step returns the mean, as the tutorial's samplers do.
         noisy = k < self.num_steps - 1
         if noisy and plan.carry is not None:
-            # The carried step writes x in place: step 0's x is the caller's x(1), so a copy.
-            x = x.clone(memory_format=torch.contiguous_format) if k == 0 or not x.is_contiguous() else x
-            self._carried_step(x, s, plan.a[k], plan.b[k], plan.c[k], plan.seed, step, self.sample_offset, plan.path,
-                               self.depth, plan.carry)
-            return x
+            # The carried step writes in place, into a copy: x is the caller's x(1) or the model's
+            # input, which the model may keep.
+            out = x.clone(memory_format=torch.contiguous_format)
+            self._carried_step(out, s, plan.a[k], plan.b[k], plan.c[k], plan.seed, step, self.sample_offset,
+                               plan.path, self.depth, plan.carry)
+            return out
         return self._sde_step(x, s, plan.a[k], plan.b[k], plan.c[k], plan.seed, step, noise.LANE_PREDICTOR,
                               self.sample_offset, noisy, plan.path, self.depth)
 

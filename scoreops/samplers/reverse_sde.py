@@ -105,10 +105,12 @@ def brownian_path(times: torch.Tensor, num_steps: int, tol) -> tuple[torch.Tenso
 
 
 def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correction, denoise,
-              path: torch.Tensor | None = None, numel: int = 0) -> Plan:
+              path: torch.Tensor | None = None, numel: int | None = None) -> Plan:
     """The device plan of the steps (ts, dts); with ``denoise`` a last row ``x + std(t_end)**2 s(x, t_end)``;
     ``path``, the Brownian table of :func:`brownian_path` (None for i.i.d. noise), goes to the device,
-    with a carry buffer of x's ``numel`` elements."""
+    with a NaN-filled carry buffer of x's ``numel`` elements (needed with a path)."""
+    if path is not None and not (isinstance(numel, int) and numel > 0):
+        raise ValueError(f"a Brownian path needs the carry's element count numel > 0, got {numel!r}")
     a, b, c = _predictor_coefs(schedule, ts, dts, predictor, correction)
     if denoise:
         t_end = torch.tensor([t_end], dtype=torch.float64)
@@ -119,7 +121,7 @@ def make_plan(schedule, ts, dts, t_end, batch, device, seed, predictor, correcti
     return Plan(t=aligned_rows(ts.to(device).reshape(-1, 1).repeat(1, batch)), a=a, b=b, c=c,
                 steps=aligned_rows(torch.arange(len(ts), dtype=torch.int64, device=device).reshape(-1, 1)),
                 seed=seed, path=None if path is None else path.to(device),
-                carry=None if path is None else torch.empty(numel, dtype=torch.float32, device=device))
+                carry=None if path is None else torch.full((numel,), float("nan"), device=device))
 
 
 def _sample(name, score_model, marginal_prob_std, diffusion_coeff, batch_size, num_steps, device, eps, *, shape,

@@ -107,6 +107,7 @@ class _Run:
         self._calls = 0
         self.path, self.depth, self.carry = None, 0, None  # i.i.d. noise until noise_from() says otherwise
         self.numel = x.numel()
+        self.carried_op = ops.implementation("sigma_step_carried", self.impl)
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         self.buffers.append(rows)
@@ -148,8 +149,8 @@ class _Run:
         self.control.append(tree.depth)
         quiet = noisy.index(False) if False in noisy else len(noisy)
         if not any(noisy[quiet:]) and not torch.is_grad_enabled():  # a carry is mutated: no gradient
-            self.carry = self._keep(torch.empty(self.numel, dtype=torch.float32, device=self.device))
-            self.carried_op = ops.implementation("sigma_step_carried", self.impl)
+            # NaN until step 0 writes it: a step reading an unwritten carry would show.
+            self.carry = self._keep(torch.full((self.numel,), float("nan"), device=self.device))
         self.control.append(self.carry is not None)
 
     def update(self, i: int, x: torch.Tensor, terms: list[torch.Tensor], coefs: torch.Tensor,
