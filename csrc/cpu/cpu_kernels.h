@@ -122,22 +122,14 @@ void fill_words(StreamKey key, int64_t g0, int64_t groups, uint32_t* out);
 // sum_j v[j]^2 in float32 with 16 partial sums, which vectorise.
 float sum_squares(const float* v, int64_t n);
 
-// The Brownian-tree node normals of elements [begin, begin + n) of one sample: the stream's, with
-// the node as the step word and the tree's own lane.
-struct TileNormals {
-  int64_t seed, sample, begin, n;
-
-  void operator()(uint32_t node, float* z) const {
-    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
-  }
-};
-
 // The walk of step `step` of a path table (CPU, int64): from path[step] to path[step + 1], with
 // one-line errors naming `op` for a step outside the table or an invalid pair.
 BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int64_t depth, bool carried);
 
-// The Brownian increment of one tile into z (noise.cpp; its elementwise loops are cloned per ISA).
-void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z, float* carry);
+// A step's noise for tile t (elements at `offset` of the (B, D) data) into z: the stream's normals,
+// or with a walk (not null) its Brownian increments, reading and writing a carried walk's `carry`
+// (the whole buffer; null when stateless). noise.cpp; its elementwise loops are cloned per ISA.
+void tile_noise(const StreamArgs& noise, const BrownianWalk* walk, float* carry, const Tile& t, int64_t offset,
+                float* z);
 
 }  // namespace scoreops::cpu

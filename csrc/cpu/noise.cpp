@@ -138,10 +138,30 @@ BrownianWalk host_walk(const char* op, const at::Tensor& path, int64_t step, int
   return walk;
 }
 
+namespace {
+
+// The Brownian-tree node normals of elements [begin, begin + n) of one sample: the stream's, with
+// the node as the step word and the tree's own lane.
+struct TileNormals {
+  int64_t seed, sample, begin, n;
+
+  void operator()(uint32_t node, float* z) const {
+    fill_normals(stream_key(seed, node, kBrownianLane, sample), begin, n, z);
+  }
+};
+
+}  // namespace
+
 SCOREOPS_CPU_CLONES
-void tile_increment(const BrownianWalk& walk, const TileNormals& normals, float* delta, float* scratch, float* acc,
-                    float* z, float* carry) {
-  brownian_increment(walk, normals, normals.n, delta, scratch, acc, z, carry);
+void tile_noise(const StreamArgs& noise, const BrownianWalk* walk, float* carry, const Tile& t, int64_t offset,
+                float* z) {
+  if (walk == nullptr) {
+    fill_normals(noise.key(t.row), t.begin, t.size, z);
+    return;
+  }
+  float delta[kTile], scratch[kTile], part[kTile];
+  const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
+  brownian_increment(*walk, normals, t.size, delta, scratch, part, z, carry == nullptr ? nullptr : carry + offset);
 }
 
 SCOREOPS_CPU_CLONES

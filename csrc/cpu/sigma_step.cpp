@@ -40,13 +40,7 @@ void sigma_step_rows(int64_t batch, int64_t dim, const scalar_t* x, const std::v
       axpy(coefs[1 + j], load_floats(terms[j] + offset, t.size, buf), t.size, acc);
     }
     if (add_noise) {
-      if (walk != nullptr) {
-        float delta[kTile], scratch[kTile], part[kTile];
-        const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
-        tile_increment(*walk, normals, delta, scratch, part, buf, carry == nullptr ? nullptr : carry + offset);
-      } else {
-        fill_normals(noise.key(t.row), t.begin, t.size, buf);
-      }
+      tile_noise(noise, walk, carry, t, offset, buf);
       axpy(coefs[1 + k], buf, t.size, acc);
     }
     store_floats(acc, t.size, out + offset);

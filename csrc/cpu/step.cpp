@@ -60,13 +60,7 @@ void sde_step_rows(const StepShape& shape, const scalar_t* x, const scalar_t* s,
     }
     const float* av = coef[0].tile_values(t, ab);
     if (add_noise) {
-      if (walk != nullptr) {
-        float delta[kTile], scratch[kTile], part[kTile];
-        const TileNormals normals{noise.seed, noise.sample_offset + t.row, t.begin, t.size};
-        tile_increment(*walk, normals, delta, scratch, part, z, carry == nullptr ? nullptr : carry + offset);
-      } else {
-        fill_normals(noise.key(t.row), t.begin, t.size, z);
-      }
+      tile_noise(noise, walk, carry, t, offset, z);
       noisy_update(xv, sv, av, coef[1].tile_values(t, bb), coef[2].tile_values(t, cb), z, t.size, result);
     } else {
       mean_update(xv, sv, av, t.size, result);
