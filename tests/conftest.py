@@ -3,6 +3,7 @@
 Triton runs in its CPU interpreter when no GPU is present; TRITON_INTERPRET must be set before
 Triton is first imported, so it is set here, at collection.
 """
+import importlib
 import os
 
 import torch
@@ -18,6 +19,22 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 from scoreops.ops import backends  # noqa: E402
+
+#: A 2-level net on 8x8 digits trained for two steps: the smallest run the CLI makes.
+TINY_TRAINING = ["--image-size", "8", "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16",
+                 "--steps", "2", "--device", "cpu"]
+
+
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py``: installed as ``scoreops.benchmarks.<name>`` (setup.py maps the
+    folder there), or from a source checkout's root."""
+    try:
+        return importlib.import_module(f"scoreops.benchmarks.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != "scoreops.benchmarks":
+            raise
+        return importlib.import_module(f"benchmarks.{name}")
+
 
 # (backend, device) pairs under test. The cpu backend is always built and interpreted Triton
 # always runs on the CPU here, so for them a missing backend fails the test instead of skipping.

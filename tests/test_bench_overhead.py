@@ -9,13 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_module
 
-try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
-    from scoreops.benchmarks import bench_overhead, common
-except ModuleNotFoundError as e:  # a source checkout, run from the repository root
-    if e.name != "scoreops.benchmarks":
-        raise
-    from benchmarks import bench_overhead, common
+bench_overhead = benchmark_module("bench_overhead")
+common = benchmark_module("common")
 
 # One sampler k-diffusion has (a stochastic one: its noise_sampler path) and one it lacks.
 SAMPLERS = ["euler_ancestral", "ipndm"]
@@ -101,3 +98,4 @@ def test_bad_samplers_and_backends_are_refused(tmp_path):
         bench_overhead.main(["--quick", "--samplers", "rk4", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="backend must be one of"):
         bench_overhead.main(["--quick", "--device", "cpu", "--backend", "fast", "--out", str(tmp_path)])
+

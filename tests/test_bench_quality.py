@@ -5,25 +5,19 @@ import json
 import statistics
 
 import torch
+from conftest import TINY_TRAINING, benchmark_module
 
 from scoreops.cli import main as cli_main
 
-try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
-    from scoreops.benchmarks import bench_quality
-except ModuleNotFoundError as e:
-    if e.name != "scoreops.benchmarks":
-        raise
-    from benchmarks import bench_quality
+bench_quality = benchmark_module("bench_quality")
 
-TINY = ["--image-size", "8", "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16", "--steps", "2",
-        "--device", "cpu"]
 # NFE budget 4: Heun takes 2 steps (2 * 2 - 1 = 3 calls), PC 2 steps of 2 calls, the others 4 steps.
 EXPECTED_NFE = {"heun": 3, "euler": 4, "em": 4, "pc": 4}
 
 
 def test_quality_counts_nfe_writes_reports_and_reuses_its_cache(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    assert cli_main(["train", "--dataset", "digits", *TINY, "--out", str(run)]) == 0
+    assert cli_main(["train", "--dataset", "digits", *TINY_TRAINING, "--out", str(run)]) == 0
     calls = []
     real_load_run = bench_quality.load_run
 

@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_module
 
-try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
-    from scoreops.benchmarks import bench_samplers, bench_steps, common
-except ModuleNotFoundError as e:  # a source checkout, run from the repository root
-    if e.name != "scoreops.benchmarks":
-        raise
-    from benchmarks import bench_samplers, bench_steps, common
+bench_samplers = benchmark_module("bench_samplers")
+bench_steps = benchmark_module("bench_steps")
+common = benchmark_module("common")
 
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 MACHINE_KEYS = {"device", "device_name", "host_cpu", "cpu_count", "torch_threads", "date", "python", "torch",
@@ -534,3 +532,4 @@ def test_benchmarks_run_on_the_gpu(tmp_path):
                                       "--out", str(tmp_path)]))[0]["rows"]
     assert all(r.get("error") is None and r["seconds"] > 0 for r in rows)
     assert {r["variant"] for r in rows} == {"eager", "scoreops", "scoreops+graph"}
+

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import ALL_BACKENDS, KERNEL_BACKENDS, skip_unless_runnable
 from mixture import GaussianMixture2D
+from sampler_spies import WalkOnCPU, record_ops
 
 import scoreops
 from scoreops import ops
@@ -219,16 +220,7 @@ class Recorder:
 @pytest.fixture
 def recorder(monkeypatch):
     """One Recorder per sampler run, for both of its step ops."""
-    recorders = []
-    real = sigma_space.ops.implementation
-
-    def implementation(name, backend):
-        if name == "sigma_step_carried":
-            return recorders[-1].carried(real(name, backend))
-        recorders.append(Recorder(real(name, backend)))
-        return recorders[-1]
-    monkeypatch.setattr(sigma_space.ops, "implementation", implementation)
-    return recorders
+    return record_ops(monkeypatch, sigma_space, Recorder, "sigma_step_carried")
 
 
 @pytest.mark.parametrize("name", NOISY_SAMPLERS)
@@ -310,20 +302,6 @@ def test_without_noise_brownian_changes_nothing(seed):
     for core in (sigma_space.sample_euler_ancestral, sigma_space.sample_dpmpp_2m_sde):
         assert torch.equal(core(den, x, sigmas, eta=0.0, seed=seed, noise="brownian"),
                            core(den, x, sigmas, eta=0.0, seed=seed))
-
-
-class WalkOnCPU(cuda_graph.GraphedWalk):
-    """A GraphedWalk that walks again at replay (as in test_sigma_samplers): a table missing from
-    the run's buffers would replay the first call's values."""
-
-    captures = 0
-
-    def _capture(self, walk):
-        type(self).captures += 1
-        self.walk = walk
-
-    def _replay(self):
-        self.x_out = self.walk(self.x_in)
 
 
 def test_a_replayed_graph_copies_the_new_grids_path(monkeypatch, seed):
@@ -529,16 +507,7 @@ class SdeRecorder:
 @pytest.fixture
 def sde_recorder(monkeypatch):
     """One SdeRecorder per sampler loop, for both of its step ops."""
-    recorders = []
-    real = loop_module.ops.implementation
-
-    def implementation(name, backend):
-        if name == "sde_step_carried_":
-            return recorders[-1].carried(real(name, backend))
-        recorders.append(SdeRecorder(real(name, backend)))
-        return recorders[-1]
-    monkeypatch.setattr(loop_module.ops, "implementation", implementation)
-    return recorders
+    return record_ops(monkeypatch, loop_module, SdeRecorder, "sde_step_carried_")
 
 
 @pytest.mark.parametrize("name,grid", [("em", "tutorial"), ("pc", "karras")])

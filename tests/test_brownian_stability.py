@@ -4,25 +4,18 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TRAINING, benchmark_module
 
 from scoreops import samplers
 from scoreops.cli import main as cli_main
 
-try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
-    from scoreops.benchmarks import brownian_stability
-except ModuleNotFoundError as e:
-    if e.name != "scoreops.benchmarks":
-        raise
-    from benchmarks import brownian_stability
-
-TINY = ["--image-size", "8", "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16", "--steps", "2",
-        "--device", "cpu"]
+brownian_stability = benchmark_module("brownian_stability")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("brownian") / "run"
-    assert cli_main(["train", "--dataset", "digits", *TINY, "--out", str(run)]) == 0
+    assert cli_main(["train", "--dataset", "digits", *TINY_TRAINING, "--out", str(run)]) == 0
     return run
 
 

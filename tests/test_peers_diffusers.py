@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import benchmark_module
 from mixture import GaussianMixture2D
 from peers import k_diffusion_sampling
 
@@ -13,12 +14,7 @@ from scoreops.samplers import sigma_space
 from scoreops.samplers.denoiser import score_to_denoiser
 from scoreops.sde import VESDE
 
-try:  # installed: setup.py maps benchmarks/ to scoreops.benchmarks
-    from scoreops.benchmarks import peers_diffusers as P
-except ModuleNotFoundError as e:
-    if e.name != "scoreops.benchmarks":
-        raise
-    from benchmarks import peers_diffusers as P
+P = benchmark_module("peers_diffusers")
 
 SDE = VESDE(25.0)
 MIXTURE = GaussianMixture2D(sigma=SDE.sigma)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAINING
 
 import scoreops
 from scoreops import samplers
@@ -29,9 +30,6 @@ from scoreops.ops import backends
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PACKAGE_PARENT = str(Path(scoreops.__file__).resolve().parents[1])
-# A 2-level net on 8x8 digits (the smallest tests/test_distributed.py trains), two steps.
-TINY_TRAINING = ["--image-size", "8", "--channels", "8,16", "--embed-dim", "16", "--batch-size", "16",
-                 "--steps", "2", "--device", "cpu"]
 TINY_SHAPE = (1, 8, 8)
 # Test-time defaults of the arguments the README leaves at the library's.
 FAST_DEFAULTS = {

@@ -12,6 +12,7 @@ import torch
 from conftest import KERNEL_BACKENDS, skip_unless_runnable
 from mixture import GaussianMixture2D
 from peers import k_diffusion_sampling
+from sampler_spies import WalkOnCPU
 
 import scoreops
 from scoreops import ops
@@ -350,21 +351,6 @@ def test_denoise_is_tweedie_at_the_last_level(seed):
 
 
 # --------------------------------------------------------------------------- CUDA-graph replay
-class WalkOnCPU(cuda_graph.GraphedWalk):
-    """GraphedWalk whose capture keeps the walk and whose replay walks again: the cache key and the
-    copy of a new call's x and tables into the captured run's are tested without a GPU. A table
-    missing from a run's buffers, or a host value missing from the key, replays the first call's."""
-
-    captures = 0
-
-    def _capture(self, walk):
-        type(self).captures += 1
-        self.walk = walk
-
-    def _replay(self):
-        self.x_out = self.walk(self.x_in)
-
-
 @pytest.fixture
 def graphs_on_cpu(monkeypatch):
     monkeypatch.setattr(cuda_graph, "GraphedWalk", WalkOnCPU)
