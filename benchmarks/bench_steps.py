@@ -123,9 +123,9 @@ class StepInputs:
     carry: torch.Tensor        # x's numel float32: the carried rows' carry (zeros: any values time alike)
 
 
-def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
-    """The ancestral step's grid: ``(coefs (a, b, e), q table, depth, step, normals per element)``
-    of the step whose increment takes the most node normals."""
+def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The ancestral step's grid: ``(coefs (a, b, e), q table, depth, step)`` of the step whose
+    increment takes the most node normals."""
     grid = sigma_grid(VESDE(SIGMA), ANCESTRAL_LEVELS)
     tree = BrownianTree.from_grid(grid)
     q = tree.grid_table(grid).tolist()
@@ -133,7 +133,7 @@ def brownian_setup() -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
     k = max(range(len(counts)), key=counts.__getitem__)
     rho = float(grid[k + 1] / grid[k])
     coefs = torch.tensor([rho * rho, 1 - rho * rho, float(grid[k + 1]) * math.sqrt(1 - rho * rho)])
-    return coefs, torch.tensor(q), tree.depth, k, counts[k]
+    return coefs, torch.tensor(q), tree.depth, k
 
 
 def t_brownian_setup() -> tuple[torch.Tensor, int, int]:
@@ -148,7 +148,7 @@ def t_brownian_setup() -> tuple[torch.Tensor, int, int]:
 
 def brownian_normals() -> dict[str, int]:
     """Node normals per element that each Brownian row's timed step draws, stateless and carried."""
-    _, path, depth, k, _ = brownian_setup()
+    _, path, depth, k = brownian_setup()
     t_path, t_depth, t_k = t_brownian_setup()
     counts = {}
     for row, (q, L, step) in {"ancestral_brownian": (path, depth, k), "em_brownian": (t_path, t_depth, t_k)}.items():
@@ -173,7 +173,7 @@ def make_inputs(shape: tuple[int, ...], device: torch.device) -> StepInputs:
     def full(v):
         return torch.full((batch,), v, device=device)
 
-    ancestral, path, depth, path_step, _ = brownian_setup()
+    ancestral, path, depth, path_step = brownian_setup()
     t_path, t_depth, t_path_step = t_brownian_setup()
     return StepInputs(
         x=x, s=-x / std**2, g=full(g), dg=full(dg), G=full(G), dt=torch.tensor(dt, device=device),
